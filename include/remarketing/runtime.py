@@ -1,0 +1,128 @@
+"""Airflow glue: turn Airflow connections and settings into what the plain modules take.
+
+Kept apart so that extract, snapshots and state stay testable without Airflow, and so DAG
+files stay a flow chart. Airflow is imported inside functions: this module is imported at
+task run time, never at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import closing, contextmanager
+from datetime import timedelta
+from typing import Any
+
+from remarketing.extract import StoreExtractError
+
+STORE_CONN_ID = "store_db"
+REMARKETING_CONN_ID = "remarketing_db"
+SQL_CONN_TYPES = ("sqlite", "postgres", "mysql")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sql_hook(conn_id: str, purpose: str, *, create_sqlite: bool = False):
+    """The common-sql hook behind an Airflow connection, or a clear error naming it."""
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk import BaseHook
+
+    try:
+        connection = BaseHook.get_connection(conn_id)
+    except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException and secrets backend errors
+        raise StoreExtractError(
+            f"connection {conn_id!r} ({purpose}) is not defined: {_first_line(exc)}", permanent=True
+        ) from exc
+    try:
+        hook = connection.get_hook()
+    except Exception as exc:  # noqa: BLE001 - unknown hook types raise AirflowException
+        hook, cause = None, exc
+    else:
+        cause = None
+    if not isinstance(hook, DbApiHook):
+        raise StoreExtractError(
+            f"connection {conn_id!r} ({purpose}) has type {connection.conn_type!r}; "
+            f"expected a SQL database connection ({', '.join(SQL_CONN_TYPES)})",
+            permanent=True,
+        ) from cause
+    if connection.conn_type == "sqlite" and create_sqlite and connection.host:
+        os.makedirs(os.path.dirname(os.path.abspath(connection.host)), exist_ok=True)
+    elif connection.conn_type == "sqlite" and not os.path.exists(connection.host or ""):
+        # sqlite3 would silently create an empty file and then report missing tables.
+        raise StoreExtractError(
+            f"connection {conn_id!r} ({purpose}): SQLite file {connection.host!r} does not exist", permanent=True
+        )
+    return hook, connection
+
+
+@contextmanager
+def store_connection(table: str, conn_id: str = STORE_CONN_ID):
+    """A DB-API connection to the shop's database, read-only by intent."""
+    hook, connection = _sql_hook(conn_id, "store database")
+    try:
+        conn = hook.get_conn()
+    except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
+        raise StoreExtractError(
+            f"connection {conn_id!r} ({connection.conn_type}), table {table}: cannot connect: {_first_line(exc)}"
+        ) from exc
+    with closing(conn):
+        yield conn
+
+
+def remarketing_engine(conn_id: str = REMARKETING_CONN_ID):
+    """SQLAlchemy engine for our own state DB (created and migrated by the project)."""
+    from remarketing.state import create_state_engine
+
+    hook, _connection = _sql_hook(conn_id, "remarketing state database", create_sqlite=True)
+    return create_state_engine(hook.get_uri())
+
+
+def data_base_path():
+    """Where run data (Parquet) lives: ``REMARKETING_DATA_BASE`` or $AIRFLOW_HOME/data."""
+    from airflow.sdk import ObjectStoragePath
+
+    base = os.environ.get("REMARKETING_DATA_BASE")
+    if not base:
+        home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
+        base = "file://" + os.path.join(os.path.abspath(home), "data")
+    return ObjectStoragePath(base)
+
+
+def prepare_state(conn_id: str = REMARKETING_CONN_ID) -> str:
+    """Create or upgrade the remarketing DB schema; returns the schema revision."""
+    from remarketing.state import upgrade
+
+    engine = remarketing_engine(conn_id)
+    try:
+        return upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def refresh_store_table(
+    table: str, *, run_id: str, full_refresh: bool, settle_seconds: int, store_conn_id: str = STORE_CONN_ID
+) -> dict[str, Any]:
+    """One table of the store mirror, for the extract task; returns paths and counts only."""
+    from airflow.sdk import ObjectStoragePath
+
+    from remarketing.snapshots import refresh_table
+
+    engine = remarketing_engine()
+    try:
+        with store_connection(table, store_conn_id) as conn:
+            snapshot = refresh_table(
+                store_conn=conn,
+                store_name=store_conn_id,
+                table=table,
+                state_engine=engine,
+                base_path=data_base_path(),
+                run_id=run_id,
+                full_refresh=full_refresh,
+                settle=timedelta(seconds=settle_seconds),
+                path_factory=ObjectStoragePath,
+            )
+    finally:
+        engine.dispose()
+    return snapshot.to_xcom()
