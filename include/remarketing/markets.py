@@ -65,6 +65,8 @@ class HolidayRule(_Strict):
     country: str = Field(pattern=r"^[A-Z]{2}$")
     subdivision: str | None = None
     policy: Literal["block", "target"] = "block"
+    # `holidays` categories that count: "public" by default; BR adds "optional" for Carnival.
+    categories: tuple[str, ...] = ("public",)
 
     @model_validator(mode="after")
     def _known_to_holidays(self) -> HolidayRule:
@@ -75,6 +77,10 @@ class HolidayRule(_Strict):
             raise ValueError(f"holidays has no calendar for country {self.country!r}")
         if self.subdivision is not None and self.subdivision not in supported[self.country]:
             raise ValueError(f"holidays has no subdivision {self.subdivision!r} for {self.country}")
+        known = holidays.country_holidays(self.country).supported_categories
+        unknown = [c for c in self.categories if c not in known]
+        if unknown:
+            raise ValueError(f"holidays has no categories {unknown} for {self.country}; it has {sorted(known)}")
         return self
 
 
@@ -168,9 +174,12 @@ class Market(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _default_zone_listed(self) -> Market:
+    def _zones_listed(self) -> Market:
         if self.default_time_zone not in self.time_zones:
             raise ValueError(f"default_time_zone {self.default_time_zone} is not among time_zones")
+        stray = sorted({zone for zone in self.region_time_zones.values() if zone not in self.time_zones})
+        if stray:
+            raise ValueError(f"region_time_zones uses {stray}, which are not among time_zones")
         return self
 
 
