@@ -198,7 +198,12 @@ def _fast_array(kind: str, raw: list) -> pa.Array | None:
                 return None
             return pa.array(raw, type=ARROW_TYPES[kind])
         if kind == "float":
-            return pc.cast(pa.array(raw), pa.float64())
+            array = pa.array(raw)
+            if pa.types.is_decimal(array.type):
+                # Arrow's decimal->float cast is not correctly rounded (19.99 -> 19.990000000000002);
+                # parsing the decimal's text is, so every database yields the same float.
+                array = pc.cast(array, pa.string())
+            return pc.cast(array, pa.float64())
         if kind == "bool":
             array = pa.array(raw)
             if pa.types.is_boolean(array.type):

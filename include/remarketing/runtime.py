@@ -19,6 +19,32 @@ REMARKETING_CONN_ID = "remarketing_db"
 SQL_CONN_TYPES = ("sqlite", "postgres", "mysql")
 
 
+def airflow_conn_json(url: str) -> str:
+    """An ``AIRFLOW_CONN_*`` value (JSON) for a SQLAlchemy URL of SQLite, PostgreSQL or MariaDB.
+
+    For tools, tests and the demo; deployments define connections in Airflow.
+    """
+    import json
+
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return json.dumps({"conn_type": "sqlite", "host": parsed.database})
+    conn_type = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}[backend]
+    return json.dumps(
+        {
+            "conn_type": conn_type,
+            "host": parsed.host,
+            "port": parsed.port,
+            "login": parsed.username,
+            "password": parsed.password or "",
+            "schema": parsed.database,
+        }
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
