@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -140,7 +141,7 @@ def dialect_for(conn: Any) -> Dialect:
 # --------------------------------------------------------------------------- conversion
 
 
-def _careful_array(kind: str, raw: list) -> tuple[pa.Array, list[bool]]:
+def _careful_array(kind: str, raw: list) -> tuple[pa.Array, np.ndarray]:
     """Convert one column; return the typed array and which rows could not be converted."""
     import pandas as pd
 
@@ -162,7 +163,7 @@ def _careful_array(kind: str, raw: list) -> tuple[pa.Array, list[bool]]:
     else:
         array = pa.array(series.map(lambda v: v if v is None or isinstance(v, str) else str(v)), type=pa.string())
     failed = present & array.is_null().to_numpy(zero_copy_only=False)
-    return array, failed.tolist()
+    return array, failed
 
 
 def _number_or_nan(value: Any) -> Any:
@@ -225,17 +226,19 @@ def rows_to_batch(rows: list[tuple], spec: TableSpec) -> pa.RecordBatch:
     schema = arrow_schema(spec)
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in spec.columns]
     arrays = []
-    issues: list[list[str]] = [[] for _ in rows]
+    issues: dict[int, list[str]] = {}  # sparse: almost every row is clean
     for (name, kind), raw in zip(spec.columns.items(), columns, strict=True):
         raw = list(raw)
         array = _fast_array(kind, raw)
         if array is None:
             array, failed = _careful_array(kind, raw)
-            for index, bad in enumerate(failed):
-                if bad:
-                    issues[index].append(f"{name}: not a valid {kind}")
+            for index in failed.nonzero()[0].tolist():
+                issues.setdefault(index, []).append(f"{name}: not a valid {kind}")
         arrays.append(array)
-    arrays.append(pa.array(["; ".join(i) if i else None for i in issues], type=pa.string()))
+    if issues:
+        arrays.append(pa.array(["; ".join(issues[i]) if i in issues else None for i in range(len(rows))], pa.string()))
+    else:
+        arrays.append(pa.nulls(len(rows), pa.string()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

@@ -96,14 +96,13 @@ def refresh_table(
             permanent=extract.is_permanent_db_error(exc),
         ) from exc
 
-    delta_table = _read_parquet(delta_path)
     if previous.snapshot_path and not full_refresh and delta.rows == 0:
         published_path, snapshot_rows = previous.snapshot_path, previous.snapshot_rows  # nothing changed
+    elif full_refresh or not previous.snapshot_path:
+        published_path, snapshot_rows = str(delta_path), delta.rows  # nothing to merge: the delta is the mirror
     else:
-        base = (
-            None if full_refresh or not previous.snapshot_path else _read_parquet(path_factory(previous.snapshot_path))
-        )
-        merged = extract.merge_snapshot(base, delta_table, spec.key)
+        base = _read_parquet(path_factory(previous.snapshot_path))
+        merged = extract.merge_snapshot(base, _read_parquet(delta_path), spec.key)
         _write_parquet(merged, snapshot_path)
         published_path, snapshot_rows = str(snapshot_path), merged.num_rows
 
