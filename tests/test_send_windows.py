@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from market_fixtures import TEST_SENDER
 
 from remarketing.markets import load_markets, parse_markets
 from remarketing.send_windows import (
@@ -56,15 +57,7 @@ def synthetic(
         "quiet_hours": {"start": quiet[0], "end": quiet[1]},
         "holidays": {"country": country, "subdivision": subdivision, "policy": policy},
         "marketing_consent_required": True,
-        "sender": {
-            "from_email": "shop@mail.example.com",
-            "from_name": "Shop",
-            "reply_to": "help@example.com",
-            "support_email": "help@example.com",
-            "support_phone": "+1 000",
-            "authenticated_domain": "mail.example.com",
-            "authenticated": True,
-        },
+        "sender": TEST_SENDER,
         "sendgrid_unsubscribe_group_id": 1,
         "warmup_daily_cap": 10,
     }

@@ -15,6 +15,7 @@ import holidays
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from market_fixtures import TEST_SENDER
 
 from remarketing.markets import WEEKDAYS, parse_markets
 from remarketing.send_windows import REASON_BEYOND_HORIZON, compute_send_at
@@ -62,15 +63,7 @@ def build_market(zone, send, quiet, policy):
         "quiet_hours": {"start": quiet[0], "end": quiet[1]},
         "holidays": {"country": ZONES[zone], "subdivision": None, "policy": policy},
         "marketing_consent_required": False,
-        "sender": {
-            "from_email": "shop@mail.example.com",
-            "from_name": "Shop",
-            "reply_to": "help@example.com",
-            "support_email": "help@example.com",
-            "support_phone": "+1 000",
-            "authenticated_domain": "mail.example.com",
-            "authenticated": True,
-        },
+        "sender": TEST_SENDER,
         "sendgrid_unsubscribe_group_id": 1,
         "warmup_daily_cap": 10,
     }

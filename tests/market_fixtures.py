@@ -1,0 +1,11 @@
+"""Building blocks for synthetic markets in tests (parse_markets needs a full, valid entry)."""
+
+TEST_SENDER = {
+    "from_email": "shop@mail.example.com",
+    "from_name": "Shop",
+    "reply_to": "help@example.com",
+    "support_email": "help@example.com",
+    "support_phone": "+1 000",
+    "authenticated_domain": "mail.example.com",
+    "authenticated": True,
+}
