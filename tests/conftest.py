@@ -100,3 +100,19 @@ def run_data(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("REMARKETING_DATA_BASE", f"file://{base}")
     monkeypatch.setenv("AIRFLOW_CONN_REMARKETING_DB", sqlite_conn_env(tmp_path / "remarketing.db"))
     return base
+
+
+def run_record(table: str, run_id: str) -> dict:
+    """An extract_runs record for tests that publish a watermark directly."""
+    return {
+        "run_id": run_id,
+        "table_name": table,
+        "full_refresh": False,
+        "lower_bound": None,
+        "upper_bound": None,
+        "delta_rows": 1,
+        "snapshot_rows": 1,
+        "delta_path": "d",
+        "snapshot_path": "s",
+        "seconds": 0.1,
+    }

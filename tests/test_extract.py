@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from conftest import run_record
 
 from remarketing import extract, snapshots, state
 from remarketing.store_schema import metadata
@@ -187,18 +188,7 @@ def test_overlapping_runs_cannot_both_publish(store, state_engine, tmp_path):
             watermark=T0 + timedelta(days=3),
             snapshot_path="elsewhere",
             snapshot_rows=1,
-            run={
-                "run_id": "late",
-                "table_name": "customers",
-                "full_refresh": False,
-                "lower_bound": None,
-                "upper_bound": None,
-                "delta_rows": 0,
-                "snapshot_rows": 1,
-                "delta_path": "x",
-                "snapshot_path": "elsewhere",
-                "seconds": 0.0,
-            },
+            run=run_record("customers", "late"),
         )
     assert state.get_watermark(state_engine, "customers").snapshot_path != "elsewhere"
 

@@ -80,7 +80,7 @@ def test_same_store_gives_the_same_snapshot_on_all_three_databases(stores, frame
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_an_update_after_the_watermark_is_read_once_on_each_database(backend, stores, tmp_path, monkeypatch):
+def test_an_update_after_the_watermark_is_read_once_on_each_database(backend, stores, frames, tmp_path, monkeypatch):
     url = stores[backend]
     first = refresh_all(url, tmp_path, "run1", monkeypatch)
     newest = max(datetime.fromisoformat(r.watermark) for r in first.values() if r.watermark)
@@ -106,4 +106,4 @@ def test_an_update_after_the_watermark_is_read_once_on_each_database(backend, st
         third = refresh_all(url, tmp_path, "run3", monkeypatch)
         assert sum(r.delta_rows for r in third.values()) == 0
     finally:  # the module-scoped store is shared: put the row back as it was
-        write_store(generate_store(customers=400, seed=5, as_of=AS_OF), url)
+        write_store(frames, url)

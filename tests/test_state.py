@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from conftest import run_record
 from databases import fresh_postgres_database
 
 from remarketing import state
@@ -24,21 +25,6 @@ def engine(request, tmp_path):
         engine = state.create_state_engine(url)
         yield engine
         engine.dispose()
-
-
-def run_record(table: str, run_id: str) -> dict:
-    return {
-        "run_id": run_id,
-        "table_name": table,
-        "full_refresh": False,
-        "lower_bound": None,
-        "upper_bound": None,
-        "delta_rows": 1,
-        "snapshot_rows": 1,
-        "delta_path": "d",
-        "snapshot_path": "s",
-        "seconds": 0.1,
-    }
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(engine):
