@@ -9,3 +9,9 @@ TEST_SENDER = {
     "authenticated_domain": "mail.example.com",
     "authenticated": True,
 }
+
+TEST_STOREFRONT = {
+    "shop_url": "https://shop.example.com",
+    "cart_url": "https://shop.example.com/cart/restore",
+    "unsubscribe_url": "https://shop.example.com/email/unsubscribe",
+}

@@ -104,3 +104,24 @@ def test_brazil_blocks_carnival_from_the_shipped_config():
         audience, now=datetime(2027, 2, 8, 13, 0, tzinfo=UTC), holiday_categories={"BR": ("public",)}
     )
     assert only_public["send_at"].iloc[0].tz_convert("America/Sao_Paulo").date().isoformat() == "2027-02-08"
+
+
+def test_storefront_links_are_required_and_must_be_urls(shipped):
+    raw = copy.deepcopy(shipped)
+    del raw["markets"]["DE"]["storefront"]
+    with pytest.raises(MarketConfigError, match=r"markets\.DE\.storefront"):
+        parse_markets(raw)
+    raw = copy.deepcopy(shipped)
+    raw["markets"]["JP"]["storefront"]["cart_url"] = "shop.example.com/cart"
+    with pytest.raises(MarketConfigError, match=r"markets\.JP\.storefront\.cart_url"):
+        parse_markets(raw)
+
+
+def test_deliverability_thresholds_default_to_mailbox_provider_rules_and_must_be_ordered(shipped):
+    markets = parse_markets(copy.deepcopy(shipped))
+    assert markets["DE"].deliverability.complaint_halt == 0.003
+    assert markets["DE"].deliverability.bounce_warn == 0.02
+    raw = copy.deepcopy(shipped)
+    raw["markets"]["FR"]["deliverability"] = {"complaint_warn": 0.01, "complaint_halt": 0.003}
+    with pytest.raises(MarketConfigError, match=r"markets\.FR.*warn thresholds"):
+        parse_markets(raw)

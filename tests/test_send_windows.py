@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from market_fixtures import TEST_SENDER
+from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
 from remarketing.markets import load_markets, parse_markets
 from remarketing.send_windows import (
@@ -58,6 +58,7 @@ def synthetic(
         "holidays": {"country": country, "subdivision": subdivision, "policy": policy},
         "marketing_consent_required": True,
         "sender": TEST_SENDER,
+        "storefront": TEST_STOREFRONT,
         "sendgrid_unsubscribe_group_id": 1,
         "warmup_daily_cap": 10,
     }

@@ -15,7 +15,7 @@ import holidays
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from market_fixtures import TEST_SENDER
+from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
 from remarketing.markets import WEEKDAYS, parse_markets
 from remarketing.send_windows import REASON_BEYOND_HORIZON, compute_send_at
@@ -64,6 +64,7 @@ def build_market(zone, send, quiet, policy):
         "holidays": {"country": ZONES[zone], "subdivision": None, "policy": policy},
         "marketing_consent_required": False,
         "sender": TEST_SENDER,
+        "storefront": TEST_STOREFRONT,
         "sendgrid_unsubscribe_group_id": 1,
         "warmup_daily_cap": 10,
     }

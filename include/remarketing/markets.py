@@ -105,6 +105,32 @@ class Sender(_Strict):
         return value
 
 
+class Storefront(_Strict):
+    """The shop's pages that mails link to, per market."""
+
+    shop_url: str = Field(pattern=r"^https?://")
+    cart_url: str = Field(pattern=r"^https?://")  # restores a cart; the signed token is appended as ?token=
+    unsubscribe_url: str = Field(pattern=r"^https?://")  # one-click unsubscribe endpoint (RFC 8058)
+    privacy_url: str | None = Field(default=None, pattern=r"^https?://")
+
+
+class Deliverability(_Strict):
+    """Gate thresholds over a trailing window; defaults follow Gmail's and Yahoo's sender rules."""
+
+    window_days: int = Field(default=7, ge=1, le=90)
+    bounce_warn: float = Field(default=0.02, ge=0, le=1)
+    bounce_halt: float = Field(default=0.05, ge=0, le=1)
+    complaint_warn: float = Field(default=0.001, ge=0, le=1)
+    complaint_halt: float = Field(default=0.003, ge=0, le=1)
+    min_delivered: int = Field(default=100, ge=0)  # rates over fewer delivered mails are not judged
+
+    @model_validator(mode="after")
+    def _warn_below_halt(self) -> Deliverability:
+        if self.bounce_warn > self.bounce_halt or self.complaint_warn > self.complaint_halt:
+            raise ValueError("warn thresholds must not exceed halt thresholds")
+        return self
+
+
 class Market(_Strict):
     code: str = Field(pattern=r"^[A-Z]{2}$")
     name: str
@@ -120,6 +146,8 @@ class Market(_Strict):
     sender: Sender
     sendgrid_unsubscribe_group_id: int = Field(gt=0)
     warmup_daily_cap: int = Field(gt=0)
+    storefront: Storefront
+    deliverability: Deliverability = Field(default_factory=Deliverability)
 
     @property
     def primary_locale(self) -> str:
