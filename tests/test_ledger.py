@@ -1,0 +1,344 @@
+"""The send ledger: keys, the claim / sending / result protocol, crash recovery, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from databases import fresh_postgres_database
+
+from remarketing import state
+from remarketing.delivery import ledger
+from remarketing.delivery.ledger import ClaimContext, LedgerError
+from remarketing.delivery.messages import SendResult
+
+NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+DELIVERY_TABLES = ("send_ledger", "send_runs", "suppressions", "suppression_sync", "market_health")
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """One PostgreSQL database for the module (creating one per test costs seconds); emptied per test."""
+    with fresh_postgres_database("rmk_ledger") as url:
+        engine = state.create_state_engine(url)
+        state.upgrade(engine)
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
+        state.upgrade(engine)
+    else:
+        engine = state.create_state_engine(request.getfixturevalue("postgres_url"))
+        with engine.begin() as conn:
+            for table in DELIVERY_TABLES:
+                conn.execute(sa.text(f"DELETE FROM {table}"))
+    yield engine
+    engine.dispose()
+
+
+def rows(keys, *, customers=None, send_at=None, kind="recovery") -> pd.DataFrame:
+    keys = list(keys)
+    return pd.DataFrame(
+        {
+            "ledger_key": keys,
+            "kind": kind,
+            "step": "1",
+            "customer_ref": customers or [k.split("/")[2] for k in keys],
+            "customer_id": [k.split("/")[2][1:] for k in keys],
+            "subject_id": [k.split("/")[3] for k in keys],
+            "content_version": "v1",
+            "send_at": send_at if send_at is not None else pd.NaT,
+        }
+    )
+
+
+def keys_for(n, prefix="cart"):
+    return [ledger.ledger_key("cart_recovery", 1, i, f"{prefix}{i}", "v1") for i in range(n)]
+
+
+def statuses(engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(ledger.send_ledger.c.ledger_key, ledger.send_ledger.c.status)).all())
+
+
+def accepted(keys) -> SendResult:
+    return SendResult(tuple(keys), "accepted", 202, None, 1, "msg-1")
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+def test_ledger_key_is_readable_and_holds_no_personal_data():
+    assert ledger.ledger_key("cart_recovery", 1, 42, "cart9001", "v1") == "cart_recovery/1/c42/cart9001/v1"
+    assert ledger.ledger_key("cart_recovery", 2, 42.0, "cart9001", "v1") == "cart_recovery/2/c42/cart9001/v1"
+    guest = ledger.ledger_key("cart_recovery", 1, None, "cart7", "v1", email="  Anna.Muster@Example.COM ")
+    same = ledger.ledger_key("cart_recovery", 1, float("nan"), "cart7", "v1", email="anna.muster@example.com")
+    other = ledger.ledger_key("cart_recovery", 1, None, "cart7", "v1", email="anna.other@example.com")
+    assert guest == same != other
+    assert "anna" not in guest.lower() and "example" not in guest.lower()
+    assert guest.split("/")[2].startswith("g") and len(guest.split("/")[2]) == 21
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("cart_recovery", 1, 42, "cart/9", "v1"), "subject_id"),
+        (("cart_recovery", None, 42, "cart9", "v1"), "step"),
+        (("cart_recovery", 1, 42, "cart9", " "), "content_version"),
+        (("cart recovery", 1, 42, "cart9", "v1"), "flow"),
+    ],
+)
+def test_ledger_key_rejects_bad_fields_naming_them(args, field):
+    with pytest.raises(LedgerError, match=field):
+        ledger.ledger_key(*args)
+    with pytest.raises(LedgerError, match="needs an email"):
+        ledger.ledger_key("cart_recovery", 1, None, "cart9", "v1")
+
+
+def test_vectorised_keys_match_the_scalar_ones_and_name_the_customer_on_error():
+    frame = pd.DataFrame(
+        {
+            "customer_id": [42, None, 7],
+            "email": ["a@example.com", "Guest@Example.com", "c@example.com"],
+            "step": [1, 2, 3],
+            "subject_id": ["cart1", "cart2", "cart3"],
+            "content_version": ["v1", "v1", "v2"],
+        }
+    )
+    out = ledger.ledger_keys("cart_recovery", frame)
+    expected = [
+        ledger.ledger_key("cart_recovery", s, c, j, v, email=e)
+        for c, e, s, j, v in frame[["customer_id", "email", "step", "subject_id", "content_version"]].itertuples(
+            index=False
+        )
+    ]
+    assert out["ledger_key"].tolist() == expected
+    assert out["customer_ref"].tolist()[0] == "c42" and out["customer_ref"].tolist()[1].startswith("g")
+    with pytest.raises(LedgerError, match="customer c7: .*subject_id"):
+        ledger.ledger_keys("cart_recovery", frame.assign(subject_id=["cart1", "cart2", "a/b"]))
+
+
+# --- schema -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_engine(request, tmp_path):
+    if request.param == "sqlite":
+        factory = nullcontext(f"sqlite:///{tmp_path / 'remarketing.db'}")
+    else:
+        factory = fresh_postgres_database("rmk_ledger")
+    with factory as url:
+        engine = state.create_state_engine(url)
+        yield engine
+        engine.dispose()
+
+
+def test_migration_creates_the_delivery_tables_and_downgrades(fresh_engine):
+    engine = fresh_engine
+    assert state.upgrade(engine) == state.head_revision()
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"send_ledger", "send_runs", "suppressions", "suppression_sync", "market_health"} <= tables
+    indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("send_ledger")}
+    assert {"ix_send_ledger_customer", "ix_send_ledger_run", "ix_send_ledger_market_claimed"} <= indexes
+    config = Config()
+    config.set_main_option("script_location", str(state.MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert "send_ledger" not in set(sa.inspect(engine).get_table_names())
+    assert state.upgrade(engine) == state.head_revision()
+    assert "send_ledger" in set(sa.inspect(engine).get_table_names())
+
+
+# --- the protocol -------------------------------------------------------------------------------
+
+
+def test_claim_send_record_round_trip_in_utc(engine):
+    ctx = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    keys = keys_for(3)
+    at = pd.Timestamp("2026-11-21 09:15:00", tz="UTC")
+    held = ledger.claim(engine, ctx, rows(keys, send_at=[at, pd.NaT, at]), now=NOW)
+    assert held == set(keys)
+    assert ledger.mark_sending(engine, ctx, held, now=NOW, batch_id="b1") == set(keys)
+    result = SendResult((keys[0],), "rejected", 400, "The from address does not match a verified Sender Identity", 1)
+    assert ledger.record_results(engine, ctx, [accepted(keys[1:]), result], now=NOW) == 3
+    found = ledger.lookup(engine, keys + ["absent/1/c1/x/v1"])
+    assert found.loc[keys[1], "status"] == "accepted" and found.loc[keys[0], "status"] == "rejected"
+    assert not found.loc[keys[0], "retryable"] and found.loc[keys[0], "http_status"] == 400
+    assert found.loc[keys[2], "send_at"] == at and found.loc[keys[2], "batch_id"] == "b1"
+    assert "absent/1/c1/x/v1" not in found.index
+    assert ledger.already_sent(engine, keys) == set(keys)  # a 4xx is final: never retried
+    history = ledger.customer_history(engine, ["c1", "c2", "c0"], since=NOW - timedelta(days=7))
+    assert set(history["ledger_key"]) == set(keys[1:])  # rejected mail reached nobody
+    assert history.loc[history["ledger_key"] == keys[2], "at"].iloc[0] == at  # counted at its send_at
+    assert ledger.claimed_count(engine, "DE", since=NOW - timedelta(hours=1)) == 2
+    assert ledger.claimed_count(engine, "FR", since=NOW - timedelta(hours=1)) == 0
+
+
+def test_a_second_claimer_loses_and_overlapping_runs_never_touch_each_other(engine):
+    first = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    second = ClaimContext("run-2", "DE", 1, "cart_recovery")
+    keys = keys_for(6)
+    assert ledger.claim(engine, first, rows(keys[:4]), now=NOW) == set(keys[:4])
+    assert ledger.claim(engine, second, rows(keys[2:]), now=NOW) == set(keys[4:])
+    ledger.mark_sending(engine, first, keys[:2], now=NOW)
+    # run-2 starting (or retrying) must not turn run-1's in-flight rows unknown or release them.
+    run2_try2 = ClaimContext("run-2", "DE", 2, "cart_recovery")
+    assert ledger.recover_try(engine, run2_try2, now=NOW) == {"unknown": 0, "taken_over": 2}  # only its own
+    assert ledger.release_claims(engine, run2_try2) == 2  # only its own
+    assert statuses(engine) == {keys[0]: "sending", keys[1]: "sending", keys[2]: "claimed", keys[3]: "claimed"}
+    assert ledger.mark_sending(engine, second, keys[:4], now=NOW) == set()  # not its rows
+
+
+def test_a_retry_takes_over_claimed_rows_and_the_crashed_try_can_no_longer_send_them(engine):
+    try1 = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    try2 = ClaimContext("run-1", "DE", 2, "cart_recovery")
+    keys = keys_for(4)
+    ledger.claim(engine, try1, rows(keys), now=NOW)
+    ledger.mark_sending(engine, try1, keys[:1], now=NOW)  # try 1 dies during the first request
+    assert ledger.recover_try(engine, try2, now=NOW) == {"unknown": 1, "taken_over": 3}
+    assert ledger.mark_sending(engine, try1, keys, now=NOW) == set()  # a zombie try 1 sends nothing
+    assert ledger.claim(engine, try2, rows(keys[1:3]), now=NOW) == set(keys[1:3])  # still due: sent by try 2
+    assert ledger.mark_sending(engine, try2, keys[1:3], now=NOW) == set(keys[1:3])
+    assert ledger.release_claims(engine, try2) == 1  # keys[3]: no longer due, never sent
+    assert statuses(engine) == {keys[0]: "unknown", keys[1]: "sending", keys[2]: "sending"}
+    assert ledger.already_sent(engine, keys) == set(keys[:3])
+
+
+def test_results_only_land_for_the_token_that_sent_and_never_change_a_finished_row(engine):
+    try1 = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    try2 = ClaimContext("run-1", "DE", 2, "cart_recovery")
+    keys = keys_for(2)
+    ledger.claim(engine, try1, rows(keys), now=NOW)
+    ledger.mark_sending(engine, try1, keys, now=NOW)
+    ledger.recover_try(engine, try2, now=NOW)  # try 1 presumed dead: unknown
+    assert ledger.record_results(engine, try2, [accepted(keys)], now=NOW) == 0  # try 2 never sent them
+    # Try 1 was alive after all and its answer arrives: it upgrades unknown to the truth, once.
+    assert ledger.record_results(engine, try1, [accepted(keys[:1])], now=NOW) == 1
+    assert ledger.record_results(engine, try1, [SendResult((keys[0],), "rejected", 500, "x", 5)], now=NOW) == 0
+    assert statuses(engine) == {keys[0]: "accepted", keys[1]: "unknown"}
+
+
+def test_retryable_rejections_are_retried_by_a_later_run_only(engine):
+    run1 = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    keys = keys_for(3)
+    ledger.claim(engine, run1, rows(keys), now=NOW)
+    ledger.mark_sending(engine, run1, keys, now=NOW)
+    ledger.record_results(
+        engine,
+        run1,
+        [
+            SendResult((keys[0],), "rejected", 503, "Service Unavailable", 5),
+            SendResult((keys[1],), "rejected", None, "connection refused", 5),  # never left this machine
+            SendResult((keys[2],), "rejected", 413, "too large", 1),
+        ],
+        now=NOW,
+    )
+    assert ledger.already_sent(engine, keys) == {keys[2]}
+    assert ledger.claim(engine, ClaimContext("run-1", "DE", 2, "cart_recovery"), rows(keys), now=NOW) == set()
+    run2 = ClaimContext("run-2", "DE", 1, "cart_recovery")
+    assert ledger.claim(engine, run2, rows(keys), now=NOW + timedelta(hours=1)) == set(keys[:2])
+    found = ledger.lookup(engine, keys)
+    assert found.loc[keys[0], "run_id"] == "run-2" and pd.isna(found.loc[keys[0], "http_status"])
+    assert found.loc[keys[2], "status"] == "rejected"
+    with engine.connect() as conn:
+        attempts = conn.execute(
+            sa.select(ledger.send_ledger.c.attempts).where(ledger.send_ledger.c.ledger_key == keys[0])
+        ).scalar_one()
+    assert attempts == 5  # the history of tries is kept
+
+
+def test_reconcile_stale_handles_only_old_rows_of_runs_that_are_gone(engine):
+    old, young, live = (ClaimContext(r, "DE", 1, "cart_recovery") for r in ("old", "young", "live"))
+    keys = keys_for(6)
+    ledger.claim(engine, old, rows(keys[:2]), now=NOW - timedelta(hours=7))
+    ledger.mark_sending(engine, old, keys[:1], now=NOW - timedelta(hours=7))
+    ledger.claim(engine, live, rows(keys[2:4]), now=NOW - timedelta(hours=7))
+    ledger.mark_sending(engine, live, keys[2:3], now=NOW - timedelta(hours=7))
+    ledger.claim(engine, young, rows(keys[4:]), now=NOW - timedelta(hours=1))
+    ledger.mark_sending(engine, young, keys[4:5], now=NOW - timedelta(hours=1))
+    assert ledger.reconcile_stale(engine, now=NOW, live_run_ids=["live"]) == {"unknown": 1, "released": 1}
+    assert statuses(engine) == {
+        keys[0]: "unknown",
+        keys[2]: "sending",
+        keys[3]: "claimed",
+        keys[4]: "sending",
+        keys[5]: "claimed",
+    }
+
+
+def test_mark_outcome_reconciles_unknown_rows_only(engine):
+    ctx = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    keys = keys_for(3)
+    ledger.claim(engine, ctx, rows(keys), now=NOW)
+    ledger.mark_sending(engine, ctx, keys, now=NOW)
+    ledger.record_results(
+        engine, ctx, [SendResult(tuple(keys[:2]), "unknown", None, "read timeout", 1), accepted(keys[2:])], now=NOW
+    )
+    assert ledger.mark_outcome(engine, keys[0], "accepted", message_id="m-9", now=NOW)
+    assert ledger.mark_outcome(engine, keys[1], "rejected", error="dropped: bounced address", now=NOW)
+    assert not ledger.mark_outcome(engine, keys[2], "rejected", now=NOW)  # finished rows stay
+    assert not ledger.mark_outcome(engine, "cart_recovery/1/c9/x/v1", "accepted", now=NOW)
+    with pytest.raises(LedgerError, match="cart_recovery/1/c0/cart0/v1"):
+        ledger.mark_outcome(engine, keys[0], "unknown")
+    assert statuses(engine) == {keys[0]: "accepted", keys[1]: "rejected", keys[2]: "accepted"}
+    assert ledger.already_sent(engine, keys) == set(keys)
+
+
+def test_concurrent_claimers_split_the_keys_without_overlap(engine):
+    """Four writers race over the same 2,000 keys (own engines, as separate processes would have)."""
+    keys = keys_for(2000)
+    held: dict[str, set] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def claimer(name: str, order: list[str]) -> None:
+        eng = state.create_state_engine(engine.url.render_as_string(hide_password=False))
+        try:
+            barrier.wait()
+            ctx = ClaimContext(name, "DE", 1, "cart_recovery")
+            mine: set[str] = set()
+            for start in range(0, len(order), 250):
+                mine |= ledger.claim(eng, ctx, rows(order[start : start + 250]), now=NOW)
+            held[name] = mine
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+        finally:
+            eng.dispose()
+
+    orders = [keys, keys[::-1], keys[500:] + keys[:500], keys[1000:] + keys[:1000]]
+    threads = [threading.Thread(target=claimer, args=(f"run-{i}", o)) for i, o in enumerate(orders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sum(len(h) for h in held.values()) == len(keys)
+    assert set().union(*held.values()) == set(keys)
+    with engine.connect() as conn:
+        owners = dict(conn.execute(sa.select(ledger.send_ledger.c.ledger_key, ledger.send_ledger.c.run_id)).all())
+    assert all(owners[k] == name for name, mine in held.items() for k in mine)
+
+
+def test_send_runs_are_recorded_per_outcome(engine):
+    ctx = ClaimContext("run-1", "DE", 2, "cart_recovery")
+    ledger.record_send_run(
+        engine, ctx, {"sent": 5, "capped": 0, "failed": 1}, batch_id="b", gate_status="warn", dry_run=False, now=NOW
+    )
+    with engine.connect() as conn:
+        got = conn.execute(
+            sa.select(ledger.send_runs.c.outcome, ledger.send_runs.c.count, ledger.send_runs.c.try_number)
+        ).all()
+    assert sorted(got) == [("failed", 1, 2), ("sent", 5, 2)]
