@@ -1,0 +1,363 @@
+"""validate_store: outputs, conservation, the remarketing DB record, paths, policy and GX's noise.
+
+Bad inputs and their outcomes are the corpus's job (test_bad_input_corpus.py); this file tests
+the machinery around them on the valid demo store and a few hand-made changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+from bad_input.cases import NOW, Store
+from databases import fresh_postgres_database
+
+from remarketing import state, validation_rules
+from remarketing.extract import ISSUES_COLUMN, arrow_schema
+from remarketing.markets import load_markets
+from remarketing.store_schema import CANONICAL_TABLES
+from remarketing.validation import (
+    ConservationError,
+    FeedBroken,
+    ValidationPolicy,
+    quarantine,
+    validate_store,
+    validation_runs,
+)
+
+
+def _validate(store: Store, folder, tables=None, **kwargs):
+    kwargs.setdefault("markets", load_markets())
+    kwargs.setdefault("run_id", "test-run")
+    kwargs.setdefault("now", NOW)
+    return validate_store(store.write(folder / "snapshots", tables), out_dir=folder / "out", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clean")
+    store = Store()
+    return store, _validate(store, folder), folder
+
+
+def test_valid_store_passes_whole_and_unchanged(clean_run):
+    """A valid store comes out clean, in the canonical schema, value for value."""
+    store, result, _ = clean_run
+    assert result.ok and list(result.tables) == list(validation_rules.TABLE_ORDER)
+    for name, table in result.tables.items():
+        spec = CANONICAL_TABLES[name]
+        assert (table.extracted, table.clean, table.quarantined) == (store.tables[name].num_rows, table.extracted, 0)
+        clean = pq.read_table(table.clean_path)
+        expected_schema = pa.schema([f for f in arrow_schema(spec) if f.name != ISSUES_COLUMN])
+        assert clean.schema.equals(expected_schema), name
+        assert clean.to_pylist() == store.tables[name].select(spec.column_names).to_pylist(), name
+        assert pq.read_table(table.quarantine_path).num_rows == 0
+        assert not table.failed_expectations and not table.notes, name
+
+
+def test_snapshots_from_the_real_extraction_validate_clean(tmp_path):
+    """Demo store -> SQLite -> extract.py snapshots -> validation: nothing quarantined, nothing lost."""
+    import sqlite3
+
+    from remarketing import snapshots
+    from remarketing.demo_store import write_store
+
+    store = Store()
+    frames = {name: table.to_pandas() for name, table in store.tables.items()}
+    write_store(
+        {name: frame.drop(columns=[ISSUES_COLUMN]) for name, frame in frames.items()}, f"sqlite:///{tmp_path}/s.db"
+    )
+    engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
+    state.upgrade(engine)
+    conn = sqlite3.connect(tmp_path / "s.db")
+    try:
+        paths = {
+            table: snapshots.refresh_table(
+                store_conn=conn,
+                store_name="store_db",
+                table=table,
+                state_engine=engine,
+                base_path=tmp_path / "data",
+                run_id="r1",
+                now=NOW,
+            ).snapshot_path
+            for table in validation_rules.TABLE_ORDER
+        }
+    finally:
+        conn.close()
+    result = validate_store(paths, markets=load_markets(), out_dir=tmp_path / "out", run_id="r1", now=NOW)
+    for name, table in result.tables.items():
+        assert table.quarantined == 0 and table.clean == store.tables[name].num_rows, (name, table.failed_expectations)
+
+
+def test_xcom_and_summary_carry_paths_and_counts_only(clean_run):
+    _, result, folder = clean_run
+    xcom = json.loads(json.dumps(result.to_xcom()))
+    assert xcom["report_path"] == str(folder / "out" / "report.html")
+    cart_items = xcom["tables"]["cart_items"]
+    assert set(cart_items) == {
+        "extracted",
+        "clean",
+        "quarantined",
+        "clean_path",
+        "quarantine_path",
+        "seconds",
+        "status",
+        "failed_expectations",
+        "failure",
+    }
+    assert cart_items["clean_path"] == str(folder / "out" / "clean" / "cart_items.parquet")
+    lines = result.summary_table().splitlines()
+    assert lines[0].split() == ["table", "extracted", "clean", "quarantined", "seconds", "status"]
+    assert [line.split()[0] for line in lines[2:8]] == list(validation_rules.TABLE_ORDER)
+    assert lines[-1] == f"report: {folder / 'out' / 'report.html'}"
+
+
+def test_quarantine_keeps_the_original_values_with_reason(tmp_path):
+    store = Store()
+    bad = store.add("customers", email="a@@b", first_name="J\x00o")
+    text = [None if v is None else v.isoformat() for v in store.tables["customers"].column("updated_at").to_pylist()]
+    text[0] = "2026-03-01T09:00:00"  # naive: quarantined with its text as it came
+    store.set_column("customers", "updated_at", pa.array(text, pa.string()))
+    result = _validate(store, tmp_path, tables=("customers",))
+    rows = {r["customer_id"]: r for r in pq.read_table(result.tables["customers"].quarantine_path).to_pylist()}
+    first = store.rows("customers")[0]["customer_id"]
+    assert set(rows) == {first, bad}
+    assert rows[first]["updated_at"] == "2026-03-01T09:00:00"
+    assert rows[bad]["email"] == "a@@b" and rows[bad]["first_name"] == "J\x00o"  # as read, not normalised
+    assert rows[bad]["reason"] == "email is not a valid address"
+    assert rows[bad]["expectation"] == "expect_column_values_to_be_in_set(__check__email)"
+    assert rows[bad]["column"] == "email" and rows[bad]["row_number"] == store.tables["customers"].num_rows - 1
+    clean = pq.read_table(result.tables["customers"].clean_path)
+    assert clean.schema.field("updated_at").type == pa.timestamp("us", tz="UTC")
+
+
+def test_a_row_failing_several_expectations_lists_every_reason(tmp_path):
+    store = Store()
+    key = store.add("cart_items", quantity=0, unit_price=-1.0, currency="ABC")
+    result = _validate(store, tmp_path, tables=("cart_items",))
+    (row,) = pq.read_table(result.tables["cart_items"].quarantine_path).to_pylist()
+    assert row["cart_item_id"] == key
+    assert (
+        row["reason"]
+        == "currency is not an ISO 4217 code; unit_price not within [0, 1e+07]; quantity not within [1, 1000]"
+    )
+    assert row["expectation"] == "expect_column_values_to_be_in_set(__check__currency)"  # the first in suite order
+
+
+def test_cart_lines_without_their_carts_are_judged_against_the_cart_majority(tmp_path):
+    store = Store()
+    keys = [store.add("cart_items", cart_id=77_777_777, currency=c) for c in ("EUR", "EUR", "USD")]
+    result = _validate(store, tmp_path, tables=("cart_items",))
+    (row,) = pq.read_table(result.tables["cart_items"].quarantine_path).to_pylist()
+    assert row["cart_item_id"] == keys[2] and row["reason"] == "currency differs from its cart's (EUR)"
+
+
+def test_a_broken_parent_fails_the_feed_and_its_children_are_still_checked(tmp_path, caplog):
+    store = Store()
+    store.drop_column("orders", "currency")
+    store.tables["products"] = store.tables["products"].slice(0, 0)
+    with pytest.raises(FeedBroken) as caught:
+        _validate(store, tmp_path, tables=("products", "orders", "order_items"))
+    broken = caught.value
+    assert isinstance(broken, ValueError)
+    assert broken.table == "products" and "also broken: orders" in str(broken)  # the first in dependency order
+    items = broken.validation.tables["order_items"]
+    assert items.status == "ok" and items.clean == items.extracted
+    skipped = {e.label for e in items.expectations if e.label.startswith("not checked")}
+    assert skipped == {"not checked: table orders is broken", "not checked: table products is broken"}
+    assert "store validation failed" in caplog.text and "order_items" in caplog.text  # summary in the task log
+    report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "BROKEN FEED" in report and "not checked: table orders is broken" in report
+
+
+def test_conservation_is_checked_in_code(tmp_path, monkeypatch):
+    """A bug that loses a row between the verdict and the files must stop the run."""
+    from remarketing import validation
+
+    real = validation._clean_arrow
+    monkeypatch.setattr(validation, "_clean_arrow", lambda frame, table: real(frame, table).slice(1))
+    with pytest.raises(ConservationError, match="table products: wrote 199 clean"):
+        _validate(Store(), tmp_path, tables=("products",))
+
+
+def test_policy_overrides_per_table_and_rejects_unknown_names():
+    policy = ValidationPolicy(per_table={"orders": {"max_bad_share": 0.5, "future_skew": timedelta(hours=1)}})
+    assert policy.for_table("orders").max_bad_share == 0.5
+    assert policy.for_table("orders").future_skew == timedelta(hours=1)
+    assert policy.for_table("carts") == ValidationPolicy(per_table={"orders": {"max_bad_share": 0.5}}).for_table(
+        "carts"
+    )
+    with pytest.raises(ValueError, match="unknown table 'order'"):
+        ValidationPolicy(per_table={"order": {"max_bad_share": 0.5}})
+    with pytest.raises(ValueError, match="cannot override \\['expect_rows'\\]"):
+        ValidationPolicy(per_table={"orders": {"expect_rows": frozenset()}})
+    with pytest.raises(ValueError, match="max_bad_share"):
+        ValidationPolicy(max_bad_share=1.5)
+
+
+def test_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="unknown store tables \\['order'\\]"):
+        validate_store({"order": tmp_path}, markets=load_markets(), out_dir=tmp_path, run_id="r", now=NOW)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        validate_store({}, markets=load_markets(), out_dir=tmp_path, run_id="r", now=NOW.replace(tzinfo=None))
+
+
+def test_every_derived_column_is_asserted_by_an_expectation(clean_run):
+    """A derived check column without its expectation would be a check nobody records."""
+    store, _, _ = clean_run
+    markets = load_markets()
+    parents = set(validation_rules.TABLE_ORDER)
+    for table in validation_rules.TABLE_ORDER:
+        prepared = validation_rules.prepare(store.tables[table], table)
+        frame, _ = validation_rules.derive(
+            prepared,
+            table,
+            markets=markets,
+            now=NOW,
+            future_skew=timedelta(minutes=10),
+            text_max_length=20_000,
+            parents={p: validation_rules.ParentRows(store.tables[p].to_pandas(), _all(store, p)) for p in parents},
+        )
+        checks = validation_rules.row_checks(table, markets=markets, parents=parents, max_amount=1e7, max_quantity=9)
+        derived = {c for c in frame.columns if c.startswith("__check__") or c.startswith("__ref__")}
+        asserted = {c.gx_column for c in checks if c.gx_column.startswith("__")}
+        assert derived == asserted, table
+
+
+def _all(store: Store, table: str):
+    import numpy as np
+
+    return np.ones(store.tables[table].num_rows, dtype=bool)
+
+
+def test_object_storage_paths_and_url_strings(tmp_path):
+    """In a task, snapshots arrive as URL strings and out_dir is an ObjectStoragePath."""
+    from airflow.sdk import ObjectStoragePath
+
+    store = Store()
+    paths = store.write(tmp_path / "snapshots", ("customers", "products"))
+    result = validate_store(
+        {name: f"file://{path}" for name, path in paths.items()},
+        markets=load_markets(),
+        out_dir=ObjectStoragePath(f"file://{tmp_path}/out"),
+        run_id="r",
+        now=NOW,
+    )
+    assert result.report_path.startswith("file://") and (tmp_path / "out" / "report.html").exists()
+    assert result.tables["customers"].clean_path == f"file://{tmp_path}/out/clean/customers.parquet"
+    assert pq.read_table(tmp_path / "out" / "clean" / "products.parquet").num_rows == store.tables["products"].num_rows
+
+
+# --------------------------------------------------------------------------- remarketing DB
+
+
+@contextmanager
+def _sqlite(tmp_path):
+    yield f"sqlite:///{tmp_path / 'remarketing.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_engine(request, tmp_path):
+    factory = _sqlite(tmp_path) if request.param == "sqlite" else fresh_postgres_database("rmk_validation")
+    with factory as url:
+        engine = state.create_state_engine(url)
+        state.upgrade(engine)
+        yield engine
+        engine.dispose()
+
+
+def _runs(engine) -> dict[str, dict]:
+    with engine.connect() as conn:
+        return {r.table_name: r._asdict() for r in conn.execute(sa.select(validation_runs))}
+
+
+def _quarantined(engine) -> list[dict]:
+    with engine.connect() as conn:
+        return [
+            r._asdict()
+            for r in conn.execute(sa.select(quarantine).order_by(quarantine.c.table_name, quarantine.c.row_number))
+        ]
+
+
+def test_runs_and_quarantined_rows_are_recorded_and_replaced_on_revalidation(state_engine, tmp_path):
+    store = Store()
+    bad = store.add("customers", email="a@@b", first_name="Zoë\x00")
+    store.add("orders", customer_id=bad, discount_amount=float("nan"))  # follows its customer
+    before = datetime.now(UTC)
+    for attempt in range(2):  # a task retry validates the same run again
+        _validate(store, tmp_path / str(attempt), tables=("customers", "orders"), state_engine=state_engine)
+    runs = _runs(state_engine)
+    assert set(runs) == {"customers", "orders"}
+    assert runs["customers"]["extracted"] == runs["customers"]["clean"] + runs["customers"]["quarantined"]
+    assert runs["customers"]["quarantined"] == 1 and runs["orders"]["quarantined"] == 1
+    assert runs["orders"]["status"] == "ok" and runs["orders"]["failed_expectation"] is None
+    assert state.utc(runs["orders"]["finished_at"]) >= before
+    rows = _quarantined(state_engine)
+    assert [(r["table_name"], r["row_key"]) for r in rows] == [("customers", str(bad)), ("orders", "10000001")]
+    customer = rows[0]
+    assert customer["expectation"] == "expect_column_values_to_be_in_set(__check__email)"
+    assert customer["column_name"] == "email" and customer["reason"] == "email is not a valid address"
+    original = json.loads(customer["row_json"])
+    assert original["email"] == "a@@b" and original["first_name"] == "Zoë\x00"  # NUL survives as \\u0000
+    assert rows[1]["reason"] == "customer_id: parent customer quarantined"
+    assert json.loads(rows[1]["row_json"])["discount_amount"] == "nan"  # strict JSON: NaN as text
+
+
+def test_a_broken_feed_is_recorded_as_failed(state_engine, tmp_path):
+    store = Store()
+    store.tables["customers"] = store.tables["customers"].slice(0, 0)
+    with pytest.raises(FeedBroken):
+        _validate(store, tmp_path, tables=("customers", "products"), state_engine=state_engine)
+    runs = _runs(state_engine)
+    assert runs["customers"]["status"] == "failed"
+    assert runs["customers"]["failed_expectation"] == "expect_table_row_count_to_be_between"
+    assert "empty extract" in runs["customers"]["message"]
+    assert runs["products"]["status"] == "ok"
+
+
+def test_migration_downgrades_cleanly(state_engine):
+    from alembic import command
+
+    with state_engine.begin() as connection:
+        command.downgrade(state._alembic_config(connection), "0001")
+    assert not {"validation_runs", "quarantine"} & set(sa.inspect(state_engine).get_table_names())
+    state.upgrade(state_engine)
+    assert {"validation_runs", "quarantine"} <= set(sa.inspect(state_engine).get_table_names())
+
+
+# --------------------------------------------------------------------------- the task log
+
+
+def test_great_expectations_stays_quiet_in_the_task_log(tmp_path):
+    """Under a logger at INFO (as in a task), GX prints nothing: the log shows our summary table."""
+    store = Store()
+    paths = store.write(tmp_path / "snapshots", ("products",))
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        from datetime import datetime
+        from remarketing.markets import load_markets
+        from remarketing.validation import validate_store
+        result = validate_store({{"products": {str(paths["products"])!r}}}, markets=load_markets(),
+                                out_dir={str(tmp_path / "out")!r}, run_id="r", now=datetime.fromisoformat({NOW.isoformat()!r}))
+        print(result.summary_table())
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GX_ANALYTICS_ENABLED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == "", done.stderr[:2000]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4, done.stdout  # header, rule, products, report: nothing else
+    assert lines[0].split()[:2] == ["table", "extracted"] and lines[2].split()[:2] == ["products", "200"]
