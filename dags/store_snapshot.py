@@ -18,6 +18,11 @@ killed run therefore leaves nothing half-done: its retry reads the same window a
 - `settle_seconds`: rows updated in the last N seconds wait for the next run, so transactions
   still in flight when the run starts are not skipped.
 
+**Validation.** `store.validate` checks every snapshot with Great Expectations: bad rows are
+quarantined with their reason (`quarantine` table, and Parquet next to the run's data), a
+broken table fails the task with the table, the expectation and example row keys. The report
+is `report.html` under `$REMARKETING_DATA_BASE/validated/store_snapshot/run=<run id>/`.
+
 **Reading the outcome.** `summarize` logs one line per table: rows read this run, rows in the
 snapshot, the new watermark and seconds taken. Snapshots live under
 `$REMARKETING_DATA_BASE/store/<table>/run=<run id>/`; the `store_watermarks` and `extract_runs`
@@ -31,6 +36,7 @@ column fails at once with a message naming the connection and the table.
 from airflow.sdk import Asset, Param, dag, task
 
 from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args
+from remarketing.dag_parts import store_extract_and_validate
 
 STORE_SNAPSHOT = Asset("store_snapshot")
 
@@ -60,48 +66,18 @@ STORE_SNAPSHOT = Asset("store_snapshot")
 )
 def store_snapshot():
     @task
-    def prepare_state() -> str:
-        """Create or upgrade the remarketing DB schema before anything writes to it."""
-        from remarketing.runtime import prepare_state
-
-        return prepare_state()
-
-    @task
     def tables_to_refresh(params: dict | None = None) -> list[str]:
         return list(params["tables"])
 
-    @task(map_index_template="{{ task.op_kwargs['table'] }}")
-    def extract_table(table: str, params: dict | None = None, run_id: str | None = None) -> dict:
-        """Refresh one table of the store mirror; XCom carries paths and counts only."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from remarketing.extract import StoreExtractError
-        from remarketing.runtime import refresh_store_table
-
-        try:
-            return refresh_store_table(
-                table,
-                run_id=run_id,
-                full_refresh=params["full_refresh"],
-                settle_seconds=params["settle_seconds"],
-            )
-        except StoreExtractError as exc:
-            if exc.permanent:
-                raise AirflowFailException(str(exc)) from exc
-            raise
-
     @task(outlets=[STORE_SNAPSHOT])
-    def summarize(snapshots: list[dict]) -> dict:
+    def summarize(validated: dict) -> dict:
         """Log one line per table and publish the snapshot Asset."""
         from remarketing.snapshots import summary_table
 
-        snapshots = list(snapshots[:])  # one fetch; plain iteration probes past the end and logs an error
-        print(summary_table(snapshots))
-        return {s["table"]: {"rows": s["snapshot_rows"], "delta_rows": s["delta_rows"]} for s in snapshots}
+        print(summary_table(validated["snapshots"]))
+        return {t: {"clean": v["clean"], "quarantined": v["quarantined"]} for t, v in validated["tables"].items()}
 
-    tables = tables_to_refresh()
-    prepare_state() >> tables
-    summarize(extract_table.expand(table=tables))
+    summarize(store_extract_and_validate(tables=tables_to_refresh()))
 
 
 store_snapshot()

@@ -26,7 +26,10 @@ DATA = DEMO / "data"
 BIN = Path(sys.executable).parent
 
 # The DAGs the demo runs, in order; later issues append theirs.
-DEMO_DAGS = ["store_snapshot"]
+DEMO_DAGS = ["store_snapshot", "lifecycle_segments", "cart_recovery"]
+SEND_POOL = ("remarketing_sends", "4", "Send tasks running at once (bounds SendGrid concurrency)")
+# Demo-only secret for signed cart and unsubscribe links; a real shop sets its own.
+DEMO_LINK_SECRET = "demo-link-secret-change-me-in-production"
 
 
 def airflow_env() -> dict[str, str]:
@@ -43,6 +46,8 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW_CONN_STORE_DB": airflow_conn_json(f"sqlite:///{STORE_DB}"),
             "AIRFLOW_CONN_REMARKETING_DB": airflow_conn_json(f"sqlite:///{REMARKETING_DB}"),
             "REMARKETING_DATA_BASE": f"file://{DATA}",
+            "REMARKETING_TRANSPORT": "outbox",
+            "REMARKETING_LINK_SECRET": DEMO_LINK_SECRET,
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # airflow standalone spawns `airflow`
         }
     )
@@ -82,18 +87,50 @@ def report() -> None:
 
     engine = sa.create_engine(f"sqlite:///{REMARKETING_DB}")
     with engine.connect() as conn:
-        rows = conn.execute(
+        validated = conn.execute(
             sa.text(
-                "SELECT table_name, watermark, snapshot_rows, snapshot_path FROM store_watermarks ORDER BY table_name"
+                "SELECT table_name, extracted, clean, quarantined FROM validation_runs WHERE run_id = "
+                "(SELECT run_id FROM validation_runs ORDER BY finished_at DESC LIMIT 1) ORDER BY table_name"
+            )
+        ).all()
+        stages = conn.execute(
+            sa.text("SELECT market, stage, COUNT(*) FROM customer_profiles GROUP BY market, stage ORDER BY market")
+        ).all()
+        sends = conn.execute(
+            sa.text(
+                "SELECT market, step, status, COUNT(*) FROM send_ledger WHERE flow = 'cart_recovery' "
+                "GROUP BY market, step, status ORDER BY market, step"
+            )
+        ).all()
+        outcomes = conn.execute(
+            sa.text(
+                "SELECT market, outcome, SUM(count) FROM send_runs WHERE flow = 'cart_recovery' AND NOT dry_run "
+                "GROUP BY market, outcome ORDER BY market"
             )
         ).all()
     engine.dispose()
     print()
     step("results")
-    print(f"    {'table':<12} {'rows':>9}  watermark (UTC)")
-    for table, watermark, snapshot_rows, _path in rows:
-        print(f"    {table:<12} {snapshot_rows:>9}  {watermark}")
-    print(f"\n    snapshots (Parquet):  {DATA / 'store'}")
+    print("    validation (last run): table, rows extracted, clean, quarantined")
+    for table, extracted, clean, quarantined in validated:
+        print(f"      {table:<12} {extracted:>9} {clean:>9} {quarantined:>6}")
+    print("    lifecycle stages per market")
+    by_market: dict[str, dict[str, int]] = {}
+    for market, stage, count in stages:
+        by_market.setdefault(market, {})[stage] = count
+    for market, counts in by_market.items():
+        print(f"      {market}: " + ", ".join(f"{stage} {n}" for stage, n in sorted(counts.items())))
+    print("    cart recovery mails per market and step (send ledger)")
+    for market, step_no, status, count in sends:
+        print(f"      {market} step {step_no}: {count} {status}")
+    print("    cart recovery outcomes per market (every cart due ends with one)")
+    per_market: dict[str, list[str]] = {}
+    for market, outcome, count in outcomes:
+        per_market.setdefault(market, []).append(f"{outcome} {count}")
+    for market, parts in per_market.items():
+        print(f"      {market}: " + ", ".join(parts))
+    print(f"\n    outbox (open in a browser): {DATA / 'outbox' / 'index.html'}")
+    print(f"    run data (Parquet, reports): {DATA}")
     print(f"    remarketing DB:       {REMARKETING_DB}")
     print(f"    demo store:           {STORE_DB}")
     print(f"    Airflow home:         {AIRFLOW_HOME} (task logs under logs/)")
@@ -119,6 +156,7 @@ def main() -> int:
     AIRFLOW_HOME.mkdir(exist_ok=True)
     step("migrating Airflow's metadata DB (SQLite)")
     run_logged([str(BIN / "airflow"), "db", "migrate"], AIRFLOW_HOME / "db-migrate.log", env)
+    run_logged([str(BIN / "airflow"), "pools", "set", *SEND_POOL], AIRFLOW_HOME / "pools.log", env)
     today = datetime.now(UTC).date().isoformat()
     for dag_id in DEMO_DAGS:
         step(f"airflow dags test {dag_id} {today}")

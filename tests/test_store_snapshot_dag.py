@@ -72,7 +72,9 @@ def test_daily_run_then_incremental_run(airflow_metadata, run_data, tmp_path, mo
     first = run_dag(dag)
     assert first.state == "success"
     states, xcom_text = task_states(first.run_id)
-    assert {key[1] for key in states if key[0] == "extract_table"} == set(CANONICAL_TABLES), "map index names the table"
+    assert {key[1] for key in states if key[0] == "store.extract_table"} == set(CANONICAL_TABLES), (
+        "map index names the table"
+    )
     assert {state for state, _ in states.values()} == {"success"}
     assert {t: rows for t, (_, rows) in watermarks(run_data).items()} == {t: len(f) for t, f in frames.items()}
     assert "@" not in xcom_text and frames["customers"]["last_name"].iloc[0] not in xcom_text, (
@@ -109,7 +111,7 @@ def test_full_refresh_param_rereads_every_table(airflow_metadata, run_data, tmp_
     full = run_dag(dag, full_refresh=True, tables=["orders"])
     assert full.state == "success"
     states, _ = task_states(full.run_id)
-    assert [key[1] for key in states if key[0] == "extract_table"] == ["orders"]
+    assert [key[1] for key in states if key[0] == "store.extract_table"] == ["orders"]
     engine = sa.create_engine(f"sqlite:///{run_data.parent / 'remarketing.db'}")
     with engine.connect() as conn:
         row = conn.execute(
@@ -133,6 +135,6 @@ def test_a_broken_store_fails_the_run_without_retries_or_a_moved_watermark(
     run = run_dag(dag)
     assert run.state == "failed"
     states, _ = task_states(run.run_id)
-    assert states[("extract_table", "orders")] == ("failed", 1), "a missing table is not retried"
+    assert states[("store.extract_table", "orders")] == ("failed", 1), "a missing table is not retried"
     assert states[("summarize", None)][0] != "success", "the snapshot Asset is not published"
     assert "orders" not in watermarks(run_data)

@@ -13,7 +13,6 @@ so a data engineer can see why a cart got nothing.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,11 +38,6 @@ class CartScan:
 
     def reason_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.reasons.value_counts().sort_index().items()}
-
-
-def guest_key(email: str) -> str:
-    """A stable, non-reversible stand-in for a guest's identity (ledger keys carry no addresses)."""
-    return "g" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:16]
 
 
 def _utc(series: pd.Series) -> pd.Series:
@@ -223,9 +217,6 @@ def recovery_audience(scan: CartScan, customers: pd.DataFrame, markets, profiles
     )
     audience["subject_id"] = "cart" + audience["cart_id"].astype(str)
     audience["content_version"] = CONTENT_VERSION
-    audience["ledger_customer"] = audience["customer_id"].astype("string")
-    guests = audience["customer_id"].isna()
-    audience.loc[guests, "ledger_customer"] = audience.loc[guests, "email"].map(guest_key)
     zones = resolve_time_zones(audience[["market", "time_zone", "country", "region"]], markets)
     audience["time_zone"] = zones["time_zone"]
     audience["tz_source"] = zones["tz_source"]

@@ -152,3 +152,36 @@ def refresh_store_table(
     finally:
         engine.dispose()
     return snapshot.to_xcom()
+
+
+def run_folder(*parts: str, run_id: str):
+    """``$REMARKETING_DATA_BASE/<parts...>/run=<run id>/``, created."""
+    from remarketing.snapshots import run_folder_name
+
+    folder = data_base_path().joinpath(*parts, run_folder_name(run_id))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def validate_snapshots(snapshots: list[dict], *, run_id: str, flow: str) -> dict[str, Any]:
+    """Validate the run's store snapshots; logs the summary table, returns paths and counts."""
+    from airflow.sdk import ObjectStoragePath
+
+    from remarketing.extract import utcnow
+    from remarketing.markets import load_markets
+    from remarketing.validation import validate_store
+
+    engine = remarketing_engine()
+    try:
+        result = validate_store(
+            {s["table"]: ObjectStoragePath(s["snapshot_path"]) for s in snapshots},
+            markets=load_markets(),
+            out_dir=run_folder("validated", flow, run_id=run_id),
+            run_id=run_id,
+            now=utcnow(),
+            state_engine=engine,
+        )
+    finally:
+        engine.dispose()
+    print(result.summary_table())
+    return {**result.to_xcom(), "snapshots": snapshots}

@@ -1,0 +1,65 @@
+"""Task groups every DAG that reads the store shares. Imported at DAG parse time: airflow.sdk only.
+
+`store_extract_and_validate` is the front of every such DAG: refresh the store mirror (one
+mapped task per table, the map index shows the table), then validate the snapshots with Great
+Expectations. A broken feed fails `validate` and so stops the DAG before any email is sent;
+bad rows are quarantined and the rest goes on. What downstream tasks receive is the validated
+XCom: clean Parquet paths and counts per table, never rows.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import task, task_group
+
+
+@task
+def prepare_state() -> str:
+    """Create or upgrade the remarketing DB schema before anything writes to it."""
+    from remarketing.runtime import prepare_state
+
+    return prepare_state()
+
+
+@task(map_index_template="{{ task.op_kwargs['table'] }}")
+def extract_table(table: str, params: dict | None = None, run_id: str | None = None) -> dict:
+    """Refresh one table of the store mirror; XCom carries paths and counts only."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from remarketing.extract import StoreExtractError
+    from remarketing.runtime import refresh_store_table
+
+    params = params or {}
+    try:
+        return refresh_store_table(
+            table,
+            run_id=run_id,
+            full_refresh=bool(params.get("full_refresh", False)),
+            settle_seconds=int(params.get("settle_seconds", 60)),
+        )
+    except StoreExtractError as exc:
+        if exc.permanent:
+            raise AirflowFailException(str(exc)) from exc
+        raise
+
+
+@task
+def validate(snapshots: list[dict], run_id: str | None = None, dag=None) -> dict:
+    """Validate every snapshot with Great Expectations; quarantine bad rows, stop on a broken feed."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from remarketing.runtime import validate_snapshots
+    from remarketing.validation import FeedBroken
+
+    snapshots = list(snapshots[:])  # one fetch; plain iteration probes past the end and logs an error
+    try:
+        return validate_snapshots(snapshots, run_id=run_id, flow=dag.dag_id)
+    except FeedBroken as exc:
+        raise AirflowFailException(f"broken feed, nothing will be sent: {exc}") from exc
+
+
+@task_group(group_id="store")
+def store_extract_and_validate(tables):
+    """Extract (incremental, per table) then validate; returns the validation XCom."""
+    extracted = extract_table.expand(table=tables)
+    prepare_state() >> extracted
+    return validate(extracted)
