@@ -10,17 +10,9 @@ from datetime import timedelta
 from typing import Any
 
 from remarketing.recovery import FLOW
+from remarketing.runtime import read_clean
 
 RECOVERY_TABLES = ("customers", "products", "carts", "cart_items", "orders", "order_items")
-
-
-def _read_clean(validated: dict, table: str, columns: list[str] | None = None):
-    import pyarrow.parquet as pq
-    from airflow.sdk import ObjectStoragePath
-
-    path = ObjectStoragePath(validated["tables"][table]["clean_path"])
-    with path.open("rb") as handle:
-        return pq.read_table(handle, columns=columns).to_pandas()
 
 
 def _write_parquet(frame, path) -> None:
@@ -78,7 +70,7 @@ def find_abandoned_carts(validated: dict, *, markets: list[str], run_id: str, as
 
     config = load_flows().cart_recovery
     market_config = load_markets()
-    frames = {table: _read_clean(validated, table) for table in RECOVERY_TABLES}
+    frames = {table: read_clean(validated, table) for table in RECOVERY_TABLES}
     engine = remarketing_engine()
     try:
         history = _ledger_history(engine)
@@ -266,7 +258,25 @@ def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
         transport.close()
         engine.dispose()
     print(summary.log_table())
+    print(recovered_revenue_line(market.code))
     return summary.to_xcom()
+
+
+def recovered_revenue_line(market: str) -> str:
+    """Revenue credited so far to this market's recovery mails, for the send task's log."""
+    from remarketing.recovery_store import revenue_by_market_step
+    from remarketing.runtime import remarketing_engine
+
+    engine = remarketing_engine()
+    try:
+        revenue = revenue_by_market_step(engine)
+    finally:
+        engine.dispose()
+    mine = revenue[revenue["market"] == market]
+    if mine.empty:
+        return f"  recovered revenue ({market}): none attributed yet"
+    parts = [f"step {r.step}: {r.orders} orders, {r.revenue:,.2f} {r.currency}" for r in mine.itertuples()]
+    return f"  recovered revenue ({market}, all runs): " + "; ".join(parts)
 
 
 def attribute_revenue(validated: dict, *, run_id: str) -> list[dict]:
@@ -279,7 +289,7 @@ def attribute_revenue(validated: dict, *, run_id: str) -> list[dict]:
     from remarketing.runtime import remarketing_engine
 
     config = load_flows().cart_recovery
-    orders = _read_clean(validated, "orders")
+    orders = read_clean(validated, "orders")
     engine = remarketing_engine()
     try:
         sends, already = load_accepted_sends(engine)

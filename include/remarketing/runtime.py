@@ -185,3 +185,13 @@ def validate_snapshots(snapshots: list[dict], *, run_id: str, flow: str) -> dict
         engine.dispose()
     print(result.summary_table())
     return {**result.to_xcom(), "snapshots": snapshots}
+
+
+def read_clean(validated: dict, table: str, columns: list[str] | None = None):
+    """A validated (clean) table of this run as a DataFrame, from the validate task's XCom."""
+    import pyarrow.parquet as pq
+    from airflow.sdk import ObjectStoragePath
+
+    path = ObjectStoragePath(validated["tables"][table]["clean_path"])
+    with path.open("rb") as handle:
+        return pq.read_table(handle, columns=columns).to_pandas()

@@ -16,11 +16,10 @@ def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str
     """Compute profiles, stages and transitions; upsert them and write a Parquet snapshot."""
     from remarketing.markets import load_markets
     from remarketing.profiles_store import load_profiles, write_profiles
-    from remarketing.recovery_run import _read_clean
-    from remarketing.runtime import remarketing_engine, run_folder
+    from remarketing.runtime import read_clean, remarketing_engine, run_folder
     from remarketing.segments import compute_profiles, load_lifecycle_config, stage_transitions
 
-    frames = {table: _read_clean(validated, table) for table in PROFILE_TABLES}
+    frames = {table: read_clean(validated, table) for table in PROFILE_TABLES}
     engine = remarketing_engine()
     try:
         previous = load_profiles(engine, columns=["market", "stage"])
