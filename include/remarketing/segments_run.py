@@ -14,11 +14,15 @@ PROFILE_TABLES = ("customers", "products", "orders", "order_items")
 
 def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str, Any]:
     """Compute profiles, stages and transitions; upsert them and write a Parquet snapshot."""
+    from datetime import UTC
+
     from remarketing.markets import load_markets
     from remarketing.profiles_store import load_profiles, write_profiles
     from remarketing.runtime import read_clean, remarketing_engine, run_folder
     from remarketing.segments import compute_profiles, load_lifecycle_config, stage_transitions
 
+    # A plain UTC datetime: Airflow hands pendulum DateTimes, which numpy/pandas arithmetic rejects.
+    as_of = datetime.fromtimestamp(as_of.timestamp(), tz=UTC)
     frames = {table: read_clean(validated, table) for table in PROFILE_TABLES}
     engine = remarketing_engine()
     try:
