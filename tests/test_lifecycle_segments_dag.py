@@ -77,3 +77,16 @@ def test_the_dag_documents_the_configured_stage_thresholds(dag):
     for fragment in ("at most 30 days ago", "below 0.3", "more than 365 days ago", "at least 4 valid orders"):
         assert fragment in described, "the thresholds changed: update the DAG's doc_md too"
         assert fragment in dag.doc_md
+
+
+def test_a_scheduled_run_computes_as_of_its_data_interval_end(airflow_metadata, run_data, tmp_path, monkeypatch, dag):
+    frames = generate_store(customers=300, seed=9, as_of=AS_OF)
+    store = tmp_path / "store.db"
+    write_store(frames, f"sqlite:///{store}")
+    monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", sqlite_conn_env(store))
+    run = dag.test(logical_date=AS_OF)  # no as_of Param: Airflow's (pendulum) data interval end is used
+    assert run.state == "success"
+    stored = profiles(run_data)
+    assert len(stored) == len(frames["customers"])
+    computed = pd.to_datetime(stored["computed_at"], utc=True).unique()
+    assert len(computed) == 1 and computed[0] == pd.Timestamp(run.data_interval_end)
