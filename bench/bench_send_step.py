@@ -14,6 +14,7 @@ Every run is checked at the server: each ledger key accepted exactly once.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,43 +30,17 @@ from remarketing.delivery.messages import Message, Recipient
 from remarketing.delivery.retry import RetryPolicy
 from remarketing.delivery.send_step import send_market
 from remarketing.delivery.sendgrid_transport import SendGridTransport
-from remarketing.markets import parse_markets
 
 MAX_SIZE = 20_000
-ALWAYS_OPEN = {d: [0, 24] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # market_fixtures
 SECRET = b"bench-link-secret-0123456789"
 
 
 def bench_market():
     """A market that may send at any hour with no warm-up limit, so every member goes now."""
-    body = {
-        "name": "Bench",
-        "locales": ["de-DE"],
-        "currency": "EUR",
-        "default_time_zone": "Europe/Berlin",
-        "time_zones": ["Europe/Berlin"],
-        "send_hours": ALWAYS_OPEN,
-        "quiet_hours": {"start": "00:00", "end": "00:00"},
-        "holidays": {"country": "DE", "policy": "target"},
-        "marketing_consent_required": True,
-        "sender": {
-            "from_email": "shop@mail.example.com",
-            "from_name": "Shop",
-            "reply_to": "help@example.com",
-            "support_email": "help@example.com",
-            "support_phone": "+49 30 0000000",
-            "authenticated_domain": "mail.example.com",
-            "authenticated": True,
-        },
-        "sendgrid_unsubscribe_group_id": 1001,
-        "warmup_daily_cap": 10_000_000,
-        "storefront": {
-            "shop_url": "https://shop.example.com/de",
-            "cart_url": "https://shop.example.com/de/cart/restore",
-            "unsubscribe_url": "https://shop.example.com/de/email/unsubscribe",
-        },
-    }
-    return parse_markets({"markets": {"DE": body}})["DE"]
+    from market_fixtures import synthetic_market
+
+    return synthetic_market("DE", warmup_daily_cap=10_000_000)
 
 
 def audience(size: int, now: datetime, offset: int) -> pd.DataFrame:

@@ -15,3 +15,32 @@ TEST_STOREFRONT = {
     "cart_url": "https://shop.example.com/cart/restore",
     "unsubscribe_url": "https://shop.example.com/email/unsubscribe",
 }
+
+ALWAYS_OPEN = {day: [0, 24] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+
+
+def synthetic_market(code: str = "DE", **overrides):
+    """A valid German-style market that may send at any hour; override any field.
+
+    For delivery tests and benches: with no send-hour or quiet-hour limits every eligible member
+    is sent at once, so what is measured is the send path itself.
+    """
+    from remarketing.markets import parse_markets
+
+    body = {
+        "name": code,
+        "locales": ["de-DE"],
+        "currency": "EUR",
+        "default_time_zone": "Europe/Berlin",
+        "time_zones": ["Europe/Berlin"],
+        "send_hours": ALWAYS_OPEN,
+        "quiet_hours": {"start": "00:00", "end": "00:00"},
+        "holidays": {"country": "DE", "policy": "target"},
+        "marketing_consent_required": True,
+        "sender": TEST_SENDER,
+        "sendgrid_unsubscribe_group_id": 1001,
+        "warmup_daily_cap": 1000,
+        "storefront": TEST_STOREFRONT,
+    }
+    body.update(overrides)
+    return parse_markets({"markets": {code: body}})[code]

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from databases import fresh_postgres_database
 from fake_sendgrid import FakeSendGrid
-from market_fixtures import TEST_SENDER, TEST_STOREFRONT
+from market_fixtures import TEST_SENDER, synthetic_market
 
 from remarketing import state
 from remarketing.delivery import ledger
@@ -30,31 +30,14 @@ from remarketing.delivery.suppressions import (
     suppressions,
     sync_suppressions,
 )
-from remarketing.markets import parse_markets
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # a Friday; 11:00 in Berlin
 TABLES = ("send_ledger", "send_runs", "suppressions", "suppression_sync", "market_health")
 
 
 def market(code="DE", zone="Europe/Berlin", **overrides):
-    body = {
-        "name": code,
-        "locales": ["de-DE"],
-        "currency": "EUR",
-        "default_time_zone": zone,
-        "time_zones": [zone],
-        "send_hours": {d: [0, 24] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")},
-        "quiet_hours": {"start": "00:00", "end": "00:00"},
-        "holidays": {"country": "DE", "policy": "target"},
-        "marketing_consent_required": True,
-        "sender": TEST_SENDER,
-        "sendgrid_unsubscribe_group_id": 1001,
-        "warmup_daily_cap": 1000,
-        "storefront": TEST_STOREFRONT,
-        "deliverability": {"window_days": 7, "min_delivered": 100},
-    }
-    body.update(overrides)
-    return parse_markets({"markets": {code: body}})[code]
+    overrides.setdefault("deliverability", {"window_days": 7, "min_delivered": 100})
+    return synthetic_market(code, default_time_zone=zone, time_zones=[zone], **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import pytest
 import sqlalchemy as sa
 from databases import fresh_postgres_database  # tests/ is on sys.path: conftest, or this file run as a script
 from fake_sendgrid import FakeSendGrid
-from market_fixtures import TEST_SENDER, TEST_STOREFRONT
+from market_fixtures import TEST_SENDER, synthetic_market
 
 from remarketing import state
 from remarketing.delivery import ledger
@@ -39,33 +39,17 @@ from remarketing.delivery.retry import RetryPolicy
 from remarketing.delivery.send_step import send_market
 from remarketing.delivery.sendgrid_api import SendGridApi
 from remarketing.delivery.sendgrid_transport import SendGridTransport
-from remarketing.markets import parse_markets
 
 FLOW = "cart_recovery"
 SIZE = 10_000
 FAULT_KINDS = ("429", "500", "503", "timeout", "drop")
-ALWAYS_OPEN = {d: [0, 24] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 
 def market(code: str = "DE", **overrides):
     """A market that may send at any hour, so every eligible member is sent now (no send_at)."""
-    body = {
-        "name": code,
-        "locales": ["de-DE"],
-        "currency": "EUR",
-        "default_time_zone": "Europe/Berlin",
-        "time_zones": ["Europe/Berlin"],
-        "send_hours": ALWAYS_OPEN,
-        "quiet_hours": {"start": "00:00", "end": "00:00"},
-        "holidays": {"country": "DE", "policy": "target"},
-        "marketing_consent_required": True,
-        "sender": TEST_SENDER,
-        "sendgrid_unsubscribe_group_id": 1001 if code == "DE" else 1002,
-        "warmup_daily_cap": 1_000_000,
-        "storefront": TEST_STOREFRONT,
-    }
-    body.update(overrides)
-    return parse_markets({"markets": {code: body}})[code]
+    overrides.setdefault("sendgrid_unsubscribe_group_id", 1001 if code == "DE" else 1002)
+    overrides.setdefault("warmup_daily_cap", 1_000_000)
+    return synthetic_market(code, **overrides)
 
 
 def audience(size: int, now: datetime, *, code: str = "DE", offset: int = 0) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from fake_sendgrid import FakeSendGrid
-from market_fixtures import TEST_SENDER, TEST_STOREFRONT
+from market_fixtures import TEST_SENDER, synthetic_market
 
 from remarketing import state
 from remarketing.delivery import ledger
@@ -25,30 +25,16 @@ from remarketing.delivery.retry import RetryPolicy
 from remarketing.delivery.send_step import OUTCOMES, RenderFailure, send_market
 from remarketing.delivery.sendgrid_transport import SendGridTransport
 from remarketing.delivery.suppressions import add_local_suppression
-from remarketing.markets import parse_markets
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # Friday, 11:00 in Berlin
 FLOW = "cart_recovery"
 
 
 def market(**overrides):
-    body = {
-        "name": "Germany",
-        "locales": ["de-DE"],
-        "currency": "EUR",
-        "default_time_zone": "Europe/Berlin",
-        "time_zones": ["Europe/Berlin"],
-        "send_hours": {d: [9, 20] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")},
-        "quiet_hours": {"start": "21:00", "end": "08:00"},
-        "holidays": {"country": "DE", "policy": "target"},
-        "marketing_consent_required": True,
-        "sender": TEST_SENDER,
-        "sendgrid_unsubscribe_group_id": 1001,
-        "warmup_daily_cap": 1000,
-        "storefront": TEST_STOREFRONT,
-    }
-    body.update(overrides)
-    return parse_markets({"markets": {"DE": body}})["DE"]
+    """Germany with real send and quiet hours (the windows matter in these tests)."""
+    overrides.setdefault("send_hours", {d: [9, 20] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")})
+    overrides.setdefault("quiet_hours", {"start": "21:00", "end": "08:00"})
+    return synthetic_market("DE", **{"name": "Germany", **overrides})
 
 
 def audience(n: int, **columns) -> pd.DataFrame:
