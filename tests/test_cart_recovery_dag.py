@@ -19,12 +19,13 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import yaml
 from conftest import sqlite_conn_env
 
 from remarketing.cart_links import InvalidCartToken, verify_cart_token
 from remarketing.demo_store import generate_store, write_store
 from remarketing.flows import load_flows
-from remarketing.markets import load_markets
+from remarketing.markets import DEFAULT_MARKETS_FILE, load_markets
 from remarketing.recovery import scan_carts
 
 pytestmark = pytest.mark.airflow_run
@@ -57,15 +58,31 @@ def dag():
     return bag.get_dag("cart_recovery")
 
 
+@pytest.fixture(scope="module")
+def open_markets(tmp_path_factory) -> Path:
+    """The shipped markets with every hour open and holidays not blocking: what a run sends then
+    does not depend on the hour or the day the tests run (send_windows has its own tests)."""
+    raw = yaml.safe_load(DEFAULT_MARKETS_FILE.read_text())
+    for market in raw["markets"].values():
+        market["send_hours"] = {day: [0, 24] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+        market["quiet_hours"] = {"start": "00:00", "end": "00:00"}
+        market["holidays"]["policy"] = "target"
+    path = tmp_path_factory.mktemp("config") / "markets.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture
-def recovery_env(run_data, monkeypatch):
+def recovery_env(run_data, monkeypatch, open_markets):
     monkeypatch.setenv("REMARKETING_LINK_SECRET", SECRET)
     monkeypatch.setenv("REMARKETING_TRANSPORT", "outbox")
+    monkeypatch.setenv("REMARKETING_MARKETS_FILE", str(open_markets))
     return run_data
 
 
 def run(dag, **conf):
-    return dag.test(run_conf={"full_refresh": False, **conf})
+    """One dag.test run; every Param given, so nothing carries over from an earlier run's conf."""
+    return dag.test(run_conf={"full_refresh": False, "as_of": None, "dry_run": False, **conf})
 
 
 def ledger(run_data: Path) -> pd.DataFrame:
@@ -183,7 +200,9 @@ def test_a_broken_feed_stops_the_run_before_any_email(
 
 
 @pytest.mark.postgres
-def test_recovery_through_sendgrid_from_a_postgres_store(airflow_metadata, run_data, monkeypatch, frames, dag):
+def test_recovery_through_sendgrid_from_a_postgres_store(
+    airflow_metadata, run_data, monkeypatch, frames, dag, open_markets
+):
     from databases import fresh_postgres_database
     from fake_sendgrid import FakeSendGrid
 
@@ -195,6 +214,7 @@ def test_recovery_through_sendgrid_from_a_postgres_store(airflow_metadata, run_d
         monkeypatch.setenv("AIRFLOW_CONN_REMARKETING_DB", airflow_conn_json(state_url))
         monkeypatch.setenv("REMARKETING_LINK_SECRET", SECRET)
         monkeypatch.setenv("REMARKETING_TRANSPORT", "sendgrid")
+        monkeypatch.setenv("REMARKETING_MARKETS_FILE", str(open_markets))
         with FakeSendGrid() as server:
             monkeypatch.setenv(
                 "AIRFLOW_CONN_SENDGRID_DEFAULT",
