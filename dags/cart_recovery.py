@@ -43,6 +43,7 @@ from airflow.sdk import Asset, Param, dag, task
 
 from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args, market_codes, recovery_schedule
 from remarketing.dag_parts import store_extract_and_validate
+from remarketing.notify import dag_failure_callback
 
 CART_RECOVERY = Asset("cart_recovery")
 
@@ -53,6 +54,7 @@ CART_RECOVERY = Asset("cart_recovery")
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retries=3),
+    on_failure_callback=dag_failure_callback,
     tags=["remarketing", "send", "cart-recovery"],
     doc_md=__doc__,
     params={

@@ -46,6 +46,7 @@ from airflow.sdk import Asset, Param, dag, task
 
 from remarketing.dag_defaults import START_DATE, default_args
 from remarketing.dag_parts import store_extract_and_validate
+from remarketing.notify import dag_failure_callback
 
 CUSTOMER_PROFILES = Asset("customer_profiles")
 
@@ -56,6 +57,7 @@ CUSTOMER_PROFILES = Asset("customer_profiles")
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retries=3),
+    on_failure_callback=dag_failure_callback,
     tags=["remarketing", "segments"],
     doc_md=__doc__,
     params={

@@ -37,6 +37,7 @@ from airflow.sdk import Asset, Param, dag, task
 
 from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args
 from remarketing.dag_parts import store_extract_and_validate
+from remarketing.notify import dag_failure_callback
 
 STORE_SNAPSHOT = Asset("store_snapshot")
 
@@ -47,6 +48,7 @@ STORE_SNAPSHOT = Asset("store_snapshot")
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retries=3),
+    on_failure_callback=dag_failure_callback,
     tags=["remarketing", "extract"],
     doc_md=__doc__,
     params={

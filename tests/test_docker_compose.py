@@ -6,6 +6,7 @@ No Docker engine is needed: the compose file is parsed with PyYAML (safe_load re
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -42,15 +43,17 @@ HEALTHCHECK_PROBES = {
     "airflow-triggerer": "airflow jobs check --job-type TriggererJob",
 }
 
-PROJECT_CONNECTIONS = ["AIRFLOW_CONN_STORE_DB", "AIRFLOW_CONN_REMARKETING_DB", "AIRFLOW_CONN_SENDGRID_DEFAULT"]
 # Secrets that have no safe default: compose must refuse to start without them (${VAR:?message}).
 REQUIRED_SECRETS = [
     "POSTGRES_PASSWORD",
     "AIRFLOW__CORE__FERNET_KEY",
     "AIRFLOW__API_AUTH__JWT_SECRET",
-    "AIRFLOW_CONN_STORE_DB",
-    "AIRFLOW_CONN_SENDGRID_DEFAULT",
+    "STORE_DB_URI",
+    "SENDGRID_API_KEY",
+    "REMARKETING_LINK_SECRET",
 ]
+# Connection secrets only airflow-init needs (it stores them in the metadata DB).
+INIT_ONLY_SECRETS = ["STORE_DB_URI", "SENDGRID_API_KEY", "SLACK_WEBHOOK_TOKEN", "ALERT_SMTP_URI"]
 PROJECT_MOUNTS = {"dags": "/opt/airflow/dags", "plugins": "/opt/airflow/plugins", "include": "/opt/airflow/include"}
 
 _VAR_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
@@ -258,12 +261,22 @@ def test_airflow_init_migrates_metadata_db_through_the_image_entrypoint(services
     assert "/entrypoint airflow version" in _command(init)
 
 
-def test_airflow_init_creates_sendgrid_send_pool_after_migration(services):
+def _dag_pools() -> set[str]:
+    """Every pool a DAG file asks for (``pool="..."``)."""
+    return {m for path in (ROOT / "dags").glob("*.py") for m in re.findall(r"pool=[\"'](\w+)[\"']", path.read_text())}
+
+
+def test_airflow_init_creates_every_pool_the_dags_use_after_migration(services):
     script = _command(services["airflow-init"])
-    match = re.search(r"airflow pools set\s+['\"]?sendgrid_send['\"]?\s+(\d+)", script)
-    assert match, "airflow-init does not run 'airflow pools set sendgrid_send <slots> ...'"
-    assert int(match.group(1)) >= 1, "sendgrid_send pool needs at least one slot"
-    assert script.index("/entrypoint airflow version") < match.start(), "pool is created before the DB migration"
+    pools = _dag_pools()
+    assert "remarketing_sends" in pools, "the send tasks' pool is gone from the DAGs: update this test"
+    for pool in pools:
+        match = re.search(rf"airflow pools set\s+['\"]?{pool}['\"]?\s+(\d+)", script)
+        assert match, (
+            f"airflow-init does not run 'airflow pools set {pool} <slots> ...' (a task in a missing pool never runs)"
+        )
+        assert int(match.group(1)) >= 1, f"{pool} pool needs at least one slot"
+        assert script.index("/entrypoint airflow version") < match.start(), "pool is created before the DB migration"
 
 
 def test_worker_keeps_dumb_init_setsid_off_for_warm_shutdown(services):
@@ -370,17 +383,106 @@ def test_remarketing_data_base_is_a_mounted_local_path(services, name):
     assert base.path in _mounts(services[name]), f"{base.path} is not mounted, run data would stay in the container"
 
 
-@pytest.mark.parametrize("name", AIRFLOW_SERVICES)
-def test_project_connections_are_set_on_airflow_service(compose, services, name):
-    common = _env(compose["x-airflow-common"])
+def _code_conn_ids() -> dict[str, str]:
+    """Connection ids the package reads (``..._CONN_ID = "..."`` constants), by constant name."""
+    found = {}
+    for path in (ROOT / "include" / "remarketing").rglob("*.py"):
+        found.update(dict(re.findall(r"^(\w*CONN_ID)\s*=\s*\"(\w+)\"", path.read_text(), re.MULTILINE)))
+    return found
+
+
+def _run_init_connection_script(services, tmp_path, env: dict[str, str]) -> tuple[dict, dict]:
+    """Run airflow-init's embedded Python (the heredoc) with ``env``; return (connections, variables)."""
+    import subprocess
+    import sys
+
+    script = _command(services["airflow-init"])
+    match = re.search(r"python - <<'PY'\n(.*?)\nPY\n", script, re.DOTALL)
+    assert match, "airflow-init has no embedded Python (python - <<'PY' ... PY) creating the connections"
+    code = match.group(1).replace("/tmp/", f"{tmp_path}/")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "/entrypoint airflow connections import --overwrite /tmp/connections.json" in script
+    assert "variables import" in script and "/tmp/variables.json" in script
+    assert script.index("/entrypoint airflow version") < script.index("connections import"), "before migration"
+    connections = json.loads((tmp_path / "connections.json").read_text())
+    variables = json.loads((tmp_path / "variables.json").read_text())
+    return connections, variables
+
+
+def test_airflow_init_creates_every_connection_the_code_reads(services, tmp_path):
+    from airflow.secrets.local_filesystem import load_connections_dict
+
+    init_env = _env(services["airflow-init"])
+    env = {
+        "STORE_DB_URI": "mysql://readonly:s3cr%40t@shop-db:3306/shop",
+        "REMARKETING_DB_URI": _VAR_BRACED.sub("pw", init_env["REMARKETING_DB_URI"]),
+        "SENDGRID_API_KEY": "SG.key",
+        "PATH": "/usr/bin:/bin",
+    }
+    connections, variables = _run_init_connection_script(services, tmp_path, env)
+    (tmp_path / "connections.json").write_text(json.dumps(connections))
+    parsed = load_connections_dict(str(tmp_path / "connections.json"))  # Airflow's own reader
+    required = {
+        v for k, v in _code_conn_ids().items() if k in ("STORE_CONN_ID", "REMARKETING_CONN_ID", "SENDGRID_CONN_ID")
+    }
+    assert required == {"store_db", "remarketing_db", "sendgrid_default"}
+    assert set(parsed) == required, "alert channels stay off while their .env values are empty"
+    assert (parsed["store_db"].conn_type, parsed["store_db"].host, parsed["store_db"].password) == (
+        "mysql",
+        "shop-db",
+        "s3cr@t",
+    )
+    assert (parsed["remarketing_db"].conn_type, parsed["remarketing_db"].host) == ("postgres", "postgres")
+    assert parsed["remarketing_db"].schema == "remarketing"
+    assert (parsed["sendgrid_default"].conn_type, parsed["sendgrid_default"].password) == ("sendgrid", "SG.key")
+    assert variables == {"remarketing_alert_emails": ""}
+
+
+def test_airflow_init_creates_the_alert_channels_when_configured(services, tmp_path):
+    from airflow.secrets.local_filesystem import load_connections_dict
+
+    from remarketing.notify import ALERT_EMAILS_VARIABLE, SLACK_CONN_ID, SMTP_CONN_ID
+
+    env = {
+        "STORE_DB_URI": "postgresql://u:p@shop/shop",
+        "REMARKETING_DB_URI": "postgresql://u:p@postgres/remarketing",
+        "SENDGRID_API_KEY": "SG.key",
+        "SLACK_WEBHOOK_TOKEN": "T0/B0/xyz",
+        "ALERT_SMTP_URI": "smtp://alerts:pw@smtp.example.com:587?from_email=alerts%40example.com",
+        "ALERT_EMAILS": "ops@example.com",
+    }
+    connections, variables = _run_init_connection_script(services, tmp_path, env)
+    (tmp_path / "connections.json").write_text(json.dumps(connections))
+    parsed = load_connections_dict(str(tmp_path / "connections.json"))
+    assert parsed[SLACK_CONN_ID].conn_type == "slackwebhook" and parsed[SLACK_CONN_ID].password == "T0/B0/xyz"
+    assert parsed[SMTP_CONN_ID].conn_type == "smtp" and parsed[SMTP_CONN_ID].port == 587
+    assert parsed[SMTP_CONN_ID].extra_dejson["from_email"] == "alerts@example.com"
+    assert variables == {ALERT_EMAILS_VARIABLE: "ops@example.com"}
+
+
+@pytest.mark.parametrize("name", list(AIRFLOW_COMMANDS))
+def test_connection_secrets_stay_out_of_long_running_services(services, name):
     env = _env(services[name])
-    for key in PROJECT_CONNECTIONS:
-        assert common.get(key), f"{key} missing from x-airflow-common environment"
-        assert env.get(key) == common[key], f"{name}: {key} differs from the common environment"
+    leaked = [key for key in INIT_ONLY_SECRETS if key in env]
+    leaked += [key for key in env if key.startswith("AIRFLOW_CONN_")]
+    assert not leaked, f"{name} gets {leaked}; only airflow-init needs them (it stores them encrypted)"
+
+
+@pytest.mark.parametrize("name", AIRFLOW_SERVICES)
+def test_tasks_send_through_sendgrid_with_signed_links(services, name):
+    env = _env(services[name])
+    assert env.get("REMARKETING_TRANSPORT") == "sendgrid", "production mail goes through SendGrid, not the outbox"
+    assert "${REMARKETING_LINK_SECRET:?" in env.get("REMARKETING_LINK_SECRET", "")
+
+
+def test_notifier_providers_are_required(requirements_text):
+    for provider in ("apache-airflow-providers-slack", "apache-airflow-providers-smtp"):
+        assert re.search(rf"^{provider}==", requirements_text, re.MULTILINE), f"{provider} is not pinned"
 
 
 def test_remarketing_db_connection_targets_database_created_by_postgres_init(compose, services):
-    url = _url(_env(compose["x-airflow-common"])["AIRFLOW_CONN_REMARKETING_DB"])
+    url = _url(_env(services["airflow-init"])["REMARKETING_DB_URI"])
     assert url.scheme in {"postgresql", "postgres"} and url.hostname == "postgres"
     database = url.path.lstrip("/")
     assert database and database != _env(services["postgres"]).get("POSTGRES_DB"), "state DB must not be Airflow's DB"

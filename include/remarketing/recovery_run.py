@@ -259,6 +259,10 @@ def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
         engine.dispose()
     print(summary.log_table())
     print(recovered_revenue_line(market.code))
+    if not dry_run:
+        from remarketing.notify import notify_if_halted
+
+        notify_if_halted(FLOW, market.code, summary.gate, run_id)
     return summary.to_xcom()
 
 
