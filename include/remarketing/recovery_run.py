@@ -71,17 +71,22 @@ def find_abandoned_carts(validated: dict, *, markets: list[str], run_id: str, as
     config = load_flows().cart_recovery
     market_config = load_markets()
     frames = {table: read_clean(validated, table) for table in RECOVERY_TABLES}
+    from remarketing.feedback import best_hours
+
+    now = resolve_now(as_of)
     engine = remarketing_engine()
     try:
         history = _ledger_history(engine)
+        # Customers who opened or clicked our mail get it at their own best local hour.
+        best = best_hours(engine, frames["customers"], market_config, since=now - timedelta(days=365))
     finally:
         engine.dispose()
-    now = resolve_now(as_of)
     scan = scan_carts(frames, now=now, config=config, history=history)
-    audience = recovery_audience(scan, frames["customers"], market_config)
+    audience = recovery_audience(scan, frames["customers"], market_config, profiles=best)
     folder = run_folder("audiences", FLOW, run_id=run_id)
     counts = scan.reason_counts()
     print(f"carts scanned: {len(scan.reasons)}; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"  personal best hour known for {int(audience['best_hour'].notna().sum())} of {len(audience)} due carts")
     jobs = []
     for code in markets:
         members = audience[audience["market"] == code]

@@ -16,6 +16,7 @@ def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str
     """Compute profiles, stages and transitions; upsert them and write a Parquet snapshot."""
     from datetime import UTC
 
+    from remarketing.feedback import load_engagement
     from remarketing.markets import load_markets
     from remarketing.profiles_store import load_profiles, write_profiles
     from remarketing.runtime import read_clean, remarketing_engine, run_folder
@@ -27,6 +28,7 @@ def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str
     engine = remarketing_engine()
     try:
         previous = load_profiles(engine, columns=["market", "stage"])
+        engagement = load_engagement(engine)  # the email feedback loop's opens and clicks per customer
         result = compute_profiles(
             frames["customers"],
             frames["orders"],
@@ -35,6 +37,7 @@ def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str
             markets=load_markets(),
             as_of=as_of,
             config=load_lifecycle_config(),
+            engagement=engagement[["customer_id", "last_open_at", "last_click_at"]],
         )
         transitions = stage_transitions(previous, result.profiles, as_of=as_of)
         written = write_profiles(engine, result, transitions, run_id=run_id, as_of=as_of)
@@ -42,7 +45,9 @@ def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str
         engine.dispose()
     path = run_folder("profiles", run_id=run_id) / "profiles.parquet"
     result.write_parquet(path)
-    print(f"profiles as of {as_of.isoformat()}: {len(result.profiles)} customers")
+    print(
+        f"profiles as of {as_of.isoformat()}: {len(result.profiles)} customers ({len(engagement)} with email engagement)"
+    )
     print(result.summary_table())
     moves = transitions.groupby(["from_stage", "to_stage"], dropna=False).size()
     print("stage transitions this run: " + (", ".join(f"{a}->{b} {n}" for (a, b), n in moves.items()) or "none"))
