@@ -1,0 +1,268 @@
+"""
+### Market campaigns
+
+Localized marketing campaigns to customer segments, market by market: from the trigger form, or
+from the campaign calendar (`include/campaigns.yaml`) on the daily schedule.
+
+**Two ways to run.**
+- *Trigger form*: fill in `campaign_id` and the audience, texts and options below. The run
+  sends that campaign to the chosen markets on `send_date`.
+- *Schedule / empty `campaign_id`*: the calendar's campaigns whose local date is today or
+  tomorrow in a market run there. Local-holiday campaigns take their day from the market's
+  holiday calendar (`holiday:` with `days_before` where the market blocks holiday sends);
+  the send windows decide the hour.
+
+**Who gets it.** Stored customer profiles (from `lifecycle_segments`) matching every criterion
+given: lifecycle `stages`, `rfm_segments`, and/or `became` a stage within `within_days` days
+("became at-risk in the last 7 days"). Then, per campaign: a fixed `holdout_share` is held out
+as a control group (the same customers every round, recorded, never mailed); content rotation
+gives each customer the first `variants` entry they have not had (a customer who had every
+variant is skipped: `already_sent`, "had every variant"); `subject_b` puts `ab_share` of the
+others on subject B (SendGrid category `step:b`). The shared send step then applies the
+deliverability gate, suppressions, consent, frequency caps, send windows and the warm-up cap
+exactly as for every flow.
+
+**Params** (texts are `{"de": "...", "fr": "...", "en": "..."}` or one string for all;
+every targeted market's main language must be present)
+- `campaign_id`: lower-case letters, digits and dashes; empty = run the calendar.
+- `markets`, `stages`, `rfm_segments`, `became`, `within_days`: the audience.
+- `template`, `subject`, `preheader`, `content` (headline, paragraphs, cta_url, cta_label,
+  hero_image_url...), `variants` (ids, each may override content), `subject_b`, `ab_share`,
+  `holdout_share`.
+- `send_date`: the local day to send on (empty = today); at most 72 h ahead.
+- `dry_run`: audience, outcomes per market and reason, and one rendered sample per language
+  and variant in `$REMARKETING_DATA_BASE/outbox-dry-run/`; nothing claimed or sent.
+- `as_of`: rehearsal on the outbox transport only: act as if it were that instant.
+- `full_refresh`: re-read the customers table in full.
+
+**Reading the outcome.** `plan_campaigns` logs targets, holdout and rotation per campaign and
+market. Each `send_market` (map index: market and campaign) logs its outcome table; `summarize`
+shows every campaign and market together. Every member's outcome per run is in the
+`campaign_members` table, every mail in `send_ledger` (content_version = variant).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from airflow.sdk import Param, TriggerRule, dag, task
+
+from remarketing.dag_defaults import INCLUDE, START_DATE, default_args, market_codes
+from remarketing.dag_parts import store_extract_and_validate
+from remarketing.notify import dag_failure_callback
+
+CAMPAIGN_ID_PATTERN = "^[a-z0-9][a-z0-9-]{2,62}$"  # remarketing.campaigns (tested equal)
+VARIANT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,31}$"
+STAGES = ["prospect", "new", "active", "vip", "at_risk", "dormant"]
+TEMPLATES = ["campaign/generic"]
+LOCALE_KEY = "^[a-z]{2,3}([-_][A-Za-z]{2,4})?$"
+
+
+def rfm_segment_names() -> list[str]:
+    """RFM segment names from include/lifecycle.yaml, for the Param enum (parse time: yaml only)."""
+    import yaml
+
+    path = Path(os.environ.get("REMARKETING_LIFECYCLE_FILE") or INCLUDE / "lifecycle.yaml")
+    try:
+        grid = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("rfm_segments") or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return sorted({name for row in grid.values() for name in row})
+
+
+def _texts(max_length: int) -> dict:
+    """A text per locale ({"de": ..., "en": ...}) or one for all."""
+    one = {"type": "string", "minLength": 1, "maxLength": max_length}
+    return {
+        "anyOf": [
+            one,
+            {"type": "object", "propertyNames": {"pattern": LOCALE_KEY}, "additionalProperties": one},
+        ]
+    }
+
+
+def _paragraphs() -> dict:
+    lines = {"type": "array", "minItems": 1, "maxItems": 20, "items": {"type": "string", "minLength": 1}}
+    return {
+        "anyOf": [lines, {"type": "object", "propertyNames": {"pattern": LOCALE_KEY}, "additionalProperties": lines}]
+    }
+
+
+URL = {"type": "string", "pattern": "^https?://\\S+$", "maxLength": 2000}
+CONTENT_PROPERTIES = {
+    "subject": _texts(150),
+    "preheader": _texts(200),
+    "headline": _texts(200),
+    "paragraphs": _paragraphs(),
+    "cta_url": {"anyOf": [URL, {"type": "object", "additionalProperties": URL}]},
+    "cta_label": _texts(60),
+    "hero_image_url": URL,
+    "hero_alt": _texts(200),
+    "products_heading": _texts(100),
+}
+LOCALIZED = {
+    "type": "object",
+    "propertyNames": {"pattern": LOCALE_KEY},
+    "additionalProperties": _texts(200)["anyOf"][0],
+}
+
+
+@dag(
+    schedule="@daily",
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(retries=3),
+    on_failure_callback=dag_failure_callback,
+    tags=["remarketing", "send", "campaign"],
+    doc_md=__doc__,
+    params={
+        "campaign_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=CAMPAIGN_ID_PATTERN,
+            description="Campaign id (a-z, 0-9, dashes; 3-63 characters). Empty: run the campaign calendar.",
+        ),
+        "markets": Param(
+            market_codes(),
+            type="array",
+            items={"type": "string", "enum": market_codes()},
+            minItems=1,
+            uniqueItems=True,
+            description="Markets to run; the others are left alone.",
+        ),
+        "stages": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": STAGES},
+            uniqueItems=True,
+            description="Lifecycle stages to target (any of them), e.g. vip.",
+        ),
+        "rfm_segments": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": rfm_segment_names()},
+            uniqueItems=True,
+            description="RFM segments to target (any of them), e.g. Champions.",
+        ),
+        "became": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *STAGES],
+            description="Target customers who entered this stage within `within_days` days (e.g. at_risk).",
+        ),
+        "within_days": Param(7, type="integer", minimum=1, maximum=365, description="Window for `became`, in days."),
+        "template": Param(TEMPLATES[0], type="string", enum=TEMPLATES, description="The mail template."),
+        "subject": Param(
+            {}, **LOCALIZED, description='Subject per locale, e.g. {"de": "...", "fr": "...", "en": "..."}.'
+        ),
+        "preheader": Param({}, **LOCALIZED, description="Preheader (inbox preview line) per locale."),
+        "content": Param(
+            {},
+            type="object",
+            properties=CONTENT_PROPERTIES,
+            additionalProperties=False,
+            description="headline, paragraphs, cta_url (required), cta_label, hero_image_url, hero_alt: "
+            "each one value or one per locale.",
+        ),
+        "variants": Param(
+            [{"id": "v1"}],
+            type="array",
+            minItems=1,
+            maxItems=10,
+            items={
+                "type": "object",
+                "required": ["id"],
+                "properties": {"id": {"type": "string", "pattern": VARIANT_ID_PATTERN}, **CONTENT_PROPERTIES},
+                "additionalProperties": False,
+            },
+            description="Content variants for rotation: each round gives a customer one they have not had. "
+            "Each may override content fields.",
+        ),
+        "subject_b": Param(
+            None,
+            type=["null", "object"],
+            propertyNames={"pattern": LOCALE_KEY},
+            additionalProperties={"type": "string", "minLength": 1, "maxLength": 150},
+            description="Optional A/B test: subject B per locale.",
+        ),
+        "ab_share": Param(
+            0.5, type="number", minimum=0, maximum=1, description="Share of the mailed audience that gets subject B."
+        ),
+        "holdout_share": Param(
+            0.0,
+            type="number",
+            minimum=0,
+            maximum=0.5,
+            description="Control group: this share of the audience is held out (recorded, not mailed).",
+        ),
+        "send_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Local day to send on (YYYY-MM-DD), at most 72 h ahead. Empty = today.",
+        ),
+        "dry_run": Param(
+            False, type="boolean", description="Audience, outcomes and rendered samples; claim and send nothing."
+        ),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            description="Rehearsal only (outbox transport): act as if it were this instant (UTC). Empty = now.",
+        ),
+        "full_refresh": Param(False, type="boolean", description="Re-read the customers table in full."),
+    },
+)
+def market_campaign():
+    @task
+    def plan_campaigns(validated: dict, params: dict | None = None, run_id: str | None = None) -> list[dict]:
+        """Targets, holdout, rotation and A/B arms per campaign and market; XCom: paths and counts."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from remarketing.campaign_run import plan_campaigns
+        from remarketing.campaigns import CampaignError
+        from remarketing.delivery_run import DeliverySetupError
+
+        try:
+            return plan_campaigns(validated, params=params, run_id=run_id)
+        except (CampaignError, DeliverySetupError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def sync_suppressions(params: dict | None = None) -> dict:
+        """Pull suppressions and per-market stats from SendGrid before anyone is mailed."""
+        from remarketing.delivery_run import sync_suppressions_and_health
+
+        return sync_suppressions_and_health(markets=params["markets"])
+
+    @task(map_index_template="{{ task.op_kwargs['job']['label'] }}", pool="remarketing_sends")
+    def send_market(job: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> dict:
+        """Gate, windows, render (shared content), ledger, send for one market's campaigns."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from remarketing.campaign_run import send_campaign_market
+        from remarketing.campaigns import CampaignError
+        from remarketing.delivery_run import DeliverySetupError
+
+        try:
+            return send_campaign_market(job, run_id=run_id, try_number=ti.try_number, dry_run=params["dry_run"])
+        except (CampaignError, DeliverySetupError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def summarize(results: list[dict] | None = None) -> dict:
+        """One table for all campaigns and markets."""
+        from remarketing.campaign_run import summarize
+
+        return summarize(list(results[:]) if results else [])
+
+    validated = store_extract_and_validate(tables=["customers"])
+    jobs = plan_campaigns(validated)
+    sent = send_market.expand(job=jobs)
+    sync_suppressions() >> sent
+    summarize(sent)
+
+
+market_campaign()

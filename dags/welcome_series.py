@@ -1,0 +1,127 @@
+"""
+### Welcome series
+
+Welcomes new members, market by market, in their language: one mail explaining what the
+account brings (faster checkout, order tracking, early access, member offers), and optionally
+a second one a few days later for members who have not ordered yet.
+
+**Who gets what.**
+1. `welcome/member`: customers registered within the last `lookback_days` days who have not
+   had it. Once per customer, ever: the send ledger holds one key per customer for it, so a
+   re-run, a retry or two overlapping runs send nothing new.
+2. `welcome/reminder` (when `reminder` is on): `reminder_after_days` days after the welcome mail
+   went out, only to members with no valid order since they registered; once per customer.
+
+Both are marketing mail: the shared send step applies consent (where the market requires it),
+suppressions, frequency caps, the deliverability gate and the send windows (a registration at
+night is welcomed in the morning, local time).
+
+**Flow.** `store` refreshes and validates customers and orders. `find_new_members` writes each
+market's audience. `sync_suppressions` pulls SendGrid's suppressions and stats. `send_market`
+runs once per market (the map index shows the market). `summarize` shows all markets.
+
+**Params**
+- `markets`: which markets to run (default all).
+- `lookback_days`: how far back a registration still gets the welcome mail.
+- `reminder`, `reminder_after_days`: the optional second mail.
+- `dry_run`: audience, outcomes and one rendered sample per language into
+  `$REMARKETING_DATA_BASE/outbox-dry-run/`; nothing claimed or sent.
+- `as_of`: rehearsal on the outbox transport only: act as if it were that instant.
+- `full_refresh`: re-read the store tables in full.
+
+**Reading the outcome.** `find_new_members` logs how many registered, were already welcomed,
+are due, and how many reminders were skipped because the member ordered. Each `send_market`
+log ends with the outcome table; `summarize` shows all markets together.
+"""
+
+from airflow.sdk import Param, dag, task
+
+from remarketing.dag_defaults import START_DATE, default_args, market_codes
+from remarketing.dag_parts import store_extract_and_validate
+from remarketing.notify import dag_failure_callback
+
+
+@dag(
+    schedule="@hourly",
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(retries=3),
+    on_failure_callback=dag_failure_callback,
+    tags=["remarketing", "send", "welcome"],
+    doc_md=__doc__,
+    params={
+        "markets": Param(
+            market_codes(),
+            type="array",
+            items={"type": "string", "enum": market_codes()},
+            minItems=1,
+            uniqueItems=True,
+            description="Markets to run; the others are left alone.",
+        ),
+        "lookback_days": Param(
+            14, type="integer", minimum=1, maximum=90, description="Registrations this recent get the welcome mail."
+        ),
+        "reminder": Param(True, type="boolean", description="Send the second mail to members who have not ordered."),
+        "reminder_after_days": Param(
+            3, type="integer", minimum=1, maximum=30, description="Days after the welcome mail for the reminder."
+        ),
+        "dry_run": Param(False, type="boolean", description="Compute and render samples, but claim and send nothing."),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            description="Rehearsal only (outbox transport): act as if it were this instant (UTC). Empty = now.",
+        ),
+        "full_refresh": Param(False, type="boolean", description="Re-read the store tables in full."),
+    },
+)
+def welcome_series():
+    @task
+    def find_new_members(validated: dict, params: dict | None = None, run_id: str | None = None) -> list[dict]:
+        """New registrations due the welcome mail, and members due the reminder, per market."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.welcome_run import find_welcome_audience
+
+        try:
+            return find_welcome_audience(validated, params=params, run_id=run_id)
+        except DeliverySetupError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def sync_suppressions(params: dict | None = None) -> dict:
+        """Pull suppressions and per-market stats from SendGrid before anyone is mailed."""
+        from remarketing.delivery_run import sync_suppressions_and_health
+
+        return sync_suppressions_and_health(markets=params["markets"])
+
+    @task(map_index_template="{{ task.op_kwargs['job']['market'] }}", pool="remarketing_sends")
+    def send_market(job: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> dict:
+        """Gate, windows, render (shared content), ledger, send for one market."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.welcome_run import send_welcome_market
+
+        try:
+            return send_welcome_market(job, run_id=run_id, try_number=ti.try_number, dry_run=params["dry_run"])
+        except DeliverySetupError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def summarize(results: list[dict]) -> dict:
+        """One table for all markets."""
+        from remarketing.welcome_run import summarize
+
+        return summarize(list(results[:]))
+
+    validated = store_extract_and_validate(tables=["customers", "orders"])
+    jobs = find_new_members(validated)
+    sent = send_market.expand(job=jobs)
+    sync_suppressions() >> sent
+    summarize(sent)
+
+
+welcome_series()
