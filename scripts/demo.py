@@ -26,7 +26,7 @@ DATA = DEMO / "data"
 BIN = Path(sys.executable).parent
 
 # The DAGs the demo runs, in order; later issues append theirs.
-DEMO_DAGS = ["store_snapshot", "lifecycle_segments", "cart_recovery"]
+DEMO_DAGS = ["store_snapshot", "lifecycle_segments", "cart_recovery", "welcome_series"]
 SEND_POOL = ("remarketing_sends", "4", "Send tasks running at once (bounds SendGrid concurrency)")
 # Demo-only secret for signed cart and unsubscribe links; a real shop sets its own.
 DEMO_LINK_SECRET = "demo-link-secret-change-me-in-production"
