@@ -89,8 +89,9 @@ def report() -> None:
     with engine.connect() as conn:
         validated = conn.execute(
             sa.text(
-                "SELECT table_name, extracted, clean, quarantined FROM validation_runs WHERE run_id = "
-                "(SELECT run_id FROM validation_runs ORDER BY finished_at DESC LIMIT 1) ORDER BY table_name"
+                "SELECT v.table_name, v.extracted, v.clean, v.quarantined FROM validation_runs v "
+                "WHERE v.finished_at = (SELECT MAX(w.finished_at) FROM validation_runs w "
+                "WHERE w.table_name = v.table_name) ORDER BY v.table_name"
             )
         ).all()
         stages = conn.execute(
@@ -104,8 +105,8 @@ def report() -> None:
         ).all()
         outcomes = conn.execute(
             sa.text(
-                "SELECT market, outcome, SUM(count) FROM send_runs WHERE flow = 'cart_recovery' AND NOT dry_run "
-                "GROUP BY market, outcome ORDER BY market"
+                "SELECT flow, market, outcome, SUM(count) FROM send_runs WHERE NOT dry_run "
+                "GROUP BY flow, market, outcome ORDER BY flow, market"
             )
         ).all()
     engine.dispose()
@@ -123,12 +124,13 @@ def report() -> None:
     print("    cart recovery mails per market and step (send ledger)")
     for market, step_no, status, count in sends:
         print(f"      {market} step {step_no}: {count} {status}")
-    print("    cart recovery outcomes per market (every cart due ends with one)")
-    per_market: dict[str, list[str]] = {}
-    for market, outcome, count in outcomes:
-        per_market.setdefault(market, []).append(f"{outcome} {count}")
-    for market, parts in per_market.items():
-        print(f"      {market}: " + ", ".join(parts))
+    print("    outcomes per flow and market (every audience member ends with one; a market outside its")
+    print("    send hours waits for a later run: outside_window)")
+    per_market: dict[tuple[str, str], list[str]] = {}
+    for flow, market, outcome, count in outcomes:
+        per_market.setdefault((flow, market), []).append(f"{outcome} {count}")
+    for (flow, market), parts in per_market.items():
+        print(f"      {flow:<14} {market}: " + ", ".join(parts))
     print(f"\n    outbox (open in a browser): {DATA / 'outbox' / 'index.html'}")
     print(f"    run data (Parquet, reports): {DATA}")
     print(f"    remarketing DB:       {REMARKETING_DB}")
