@@ -42,7 +42,7 @@ each mail to `$REMARKETING_DATA_BASE/outbox/` with an `index.html` to browse the
 from airflow.sdk import Asset, Param, dag, task
 
 from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args, market_codes, recovery_schedule
-from remarketing.dag_parts import store_extract_and_validate
+from remarketing.dag_parts import store_extract_and_validate, sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 CART_RECOVERY = Asset("cart_recovery")
@@ -80,35 +80,20 @@ def cart_recovery():
     @task
     def find_abandoned_carts(validated: dict, params: dict | None = None, run_id: str | None = None) -> list[dict]:
         """Scan the validated carts; write each market's audience. XCom: paths and counts."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.dag_parts import setup_errors_fail_the_task
         from remarketing.recovery_run import find_abandoned_carts
 
-        try:
+        with setup_errors_fail_the_task():
             return find_abandoned_carts(validated, markets=params["markets"], run_id=run_id, as_of=params["as_of"])
-        except DeliverySetupError as exc:
-            raise AirflowFailException(str(exc)) from exc
-
-    @task
-    def sync_suppressions(params: dict | None = None) -> dict:
-        """Pull suppressions and per-market stats from SendGrid before anyone is mailed."""
-        from remarketing.delivery_run import sync_suppressions_and_health
-
-        return sync_suppressions_and_health(markets=params["markets"])
 
     @task(map_index_template="{{ task.op_kwargs['job']['market'] }}", pool="remarketing_sends")
     def send_market(job: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> dict:
         """Gate, windows, re-check, render, ledger, send for one market; logs its outcome table."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.dag_parts import setup_errors_fail_the_task
         from remarketing.recovery_run import send_recovery_market
 
-        try:
+        with setup_errors_fail_the_task():
             return send_recovery_market(job, run_id=run_id, try_number=ti.try_number, dry_run=params["dry_run"])
-        except DeliverySetupError as exc:
-            raise AirflowFailException(str(exc)) from exc
 
     @task
     def attribute_revenue(validated: dict, run_id: str | None = None) -> list[dict]:

@@ -36,6 +36,7 @@ per market: gate status, delivered, bounces, spam reports, opens, clicks and the
 from airflow.sdk import Asset, Param, dag, task
 
 from remarketing.dag_defaults import START_DATE, default_args, market_codes
+from remarketing.dag_parts import sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 EMAIL_FEEDBACK = Asset("email_feedback")
@@ -62,13 +63,6 @@ EMAIL_FEEDBACK = Asset("email_feedback")
     },
 )
 def email_feedback():
-    @task
-    def sync_suppressions(params: dict | None = None) -> dict:
-        """SendGrid's suppression lists (paged, from the high-water mark) and per-market stats."""
-        from remarketing.delivery_run import sync_suppressions_and_health
-
-        return sync_suppressions_and_health(markets=params["markets"])
-
     @task
     def fold_events() -> dict:
         """Stored webhook batches into events, ledger outcomes, engagement and market health."""

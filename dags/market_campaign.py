@@ -49,7 +49,7 @@ from pathlib import Path
 from airflow.sdk import Param, TriggerRule, dag, task
 
 from remarketing.dag_defaults import INCLUDE, START_DATE, default_args, market_codes
-from remarketing.dag_parts import store_extract_and_validate
+from remarketing.dag_parts import store_extract_and_validate, sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 CAMPAIGN_ID_PATTERN = "^[a-z0-9][a-z0-9-]{2,62}$"  # remarketing.campaigns (tested equal)
@@ -229,13 +229,6 @@ def market_campaign():
             return plan_campaigns(validated, params=params, run_id=run_id)
         except (CampaignError, DeliverySetupError) as exc:
             raise AirflowFailException(str(exc)) from exc
-
-    @task
-    def sync_suppressions(params: dict | None = None) -> dict:
-        """Pull suppressions and per-market stats from SendGrid before anyone is mailed."""
-        from remarketing.delivery_run import sync_suppressions_and_health
-
-        return sync_suppressions_and_health(markets=params["markets"])
 
     @task(map_index_template="{{ task.op_kwargs['job']['label'] }}", pool="remarketing_sends")
     def send_market(job: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> dict:

@@ -37,7 +37,7 @@ log ends with the outcome table; `summarize` shows all markets together.
 from airflow.sdk import Param, dag, task
 
 from remarketing.dag_defaults import START_DATE, default_args, market_codes
-from remarketing.dag_parts import store_extract_and_validate
+from remarketing.dag_parts import store_extract_and_validate, sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 
@@ -80,35 +80,20 @@ def welcome_series():
     @task
     def find_new_members(validated: dict, params: dict | None = None, run_id: str | None = None) -> list[dict]:
         """New registrations due the welcome mail, and members due the reminder, per market."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.dag_parts import setup_errors_fail_the_task
         from remarketing.welcome_run import find_welcome_audience
 
-        try:
+        with setup_errors_fail_the_task():
             return find_welcome_audience(validated, params=params, run_id=run_id)
-        except DeliverySetupError as exc:
-            raise AirflowFailException(str(exc)) from exc
-
-    @task
-    def sync_suppressions(params: dict | None = None) -> dict:
-        """Pull suppressions and per-market stats from SendGrid before anyone is mailed."""
-        from remarketing.delivery_run import sync_suppressions_and_health
-
-        return sync_suppressions_and_health(markets=params["markets"])
 
     @task(map_index_template="{{ task.op_kwargs['job']['market'] }}", pool="remarketing_sends")
     def send_market(job: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> dict:
         """Gate, windows, render (shared content), ledger, send for one market."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.dag_parts import setup_errors_fail_the_task
         from remarketing.welcome_run import send_welcome_market
 
-        try:
+        with setup_errors_fail_the_task():
             return send_welcome_market(job, run_id=run_id, try_number=ti.try_number, dry_run=params["dry_run"])
-        except DeliverySetupError as exc:
-            raise AirflowFailException(str(exc)) from exc
 
     @task
     def summarize(results: list[dict]) -> dict:

@@ -9,6 +9,8 @@ XCom: clean Parquet paths and counts per table, never rows.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from airflow.sdk import task, task_group
 
 
@@ -63,3 +65,24 @@ def store_extract_and_validate(tables):
     extracted = extract_table.expand(table=tables)
     prepare_state() >> extracted
     return validate(extracted)
+
+
+@task
+def sync_suppressions(params: dict | None = None) -> dict:
+    """Pull SendGrid's suppressions (paged, from the high-water mark) and per-market stats before anyone is mailed."""
+    from remarketing.delivery_run import sync_suppressions_and_health
+
+    return sync_suppressions_and_health(markets=params["markets"])
+
+
+@contextmanager
+def setup_errors_fail_the_task():
+    """Delivery that is not configured (no link secret, a rehearsal on SendGrid) fails at once: retrying won't help."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from remarketing.delivery_run import DeliverySetupError
+
+    try:
+        yield
+    except DeliverySetupError as exc:
+        raise AirflowFailException(str(exc)) from exc
