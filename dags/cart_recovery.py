@@ -41,8 +41,8 @@ each mail to `$REMARKETING_DATA_BASE/outbox/` with an `index.html` to browse the
 
 from airflow.sdk import Asset, Param, dag, task
 
-from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args, market_codes, recovery_schedule
-from remarketing.dag_parts import store_extract_and_validate, sync_suppressions
+from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args, recovery_schedule
+from remarketing.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 CART_RECOVERY = Asset("cart_recovery")
@@ -58,14 +58,7 @@ CART_RECOVERY = Asset("cart_recovery")
     tags=["remarketing", "send", "cart-recovery"],
     doc_md=__doc__,
     params={
-        "markets": Param(
-            market_codes(),
-            type="array",
-            items={"type": "string", "enum": market_codes()},
-            minItems=1,
-            uniqueItems=True,
-            description="Markets to run; the others are left alone.",
-        ),
+        "markets": markets_param(),
         "dry_run": Param(False, type="boolean", description="Compute and render, but claim and send nothing."),
         "full_refresh": Param(False, type="boolean", description="Re-read the store tables in full."),
         "as_of": Param(

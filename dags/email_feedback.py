@@ -33,10 +33,10 @@ duplicates, ledger outcomes reconciled and suppressions applied; `market_health`
 per market: gate status, delivered, bounces, spam reports, opens, clicks and the rates.
 """
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 
-from remarketing.dag_defaults import START_DATE, default_args, market_codes
-from remarketing.dag_parts import sync_suppressions
+from remarketing.dag_defaults import START_DATE, default_args
+from remarketing.dag_parts import markets_param, sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 EMAIL_FEEDBACK = Asset("email_feedback")
@@ -52,14 +52,7 @@ EMAIL_FEEDBACK = Asset("email_feedback")
     tags=["remarketing", "feedback", "deliverability"],
     doc_md=__doc__,
     params={
-        "markets": Param(
-            market_codes(),
-            type="array",
-            items={"type": "string", "enum": market_codes()},
-            minItems=1,
-            uniqueItems=True,
-            description="Markets whose suppressions, stats and gate verdicts to handle.",
-        ),
+        "markets": markets_param("Markets whose suppressions, stats and gate verdicts to handle."),
     },
 )
 def email_feedback():

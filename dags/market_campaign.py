@@ -48,8 +48,8 @@ from pathlib import Path
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
-from remarketing.dag_defaults import INCLUDE, START_DATE, default_args, market_codes
-from remarketing.dag_parts import store_extract_and_validate, sync_suppressions
+from remarketing.dag_defaults import INCLUDE, START_DATE, default_args
+from remarketing.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 CAMPAIGN_ID_PATTERN = "^[a-z0-9][a-z0-9-]{2,62}$"  # remarketing.campaigns (tested equal)
@@ -124,14 +124,7 @@ LOCALIZED = {
             pattern=CAMPAIGN_ID_PATTERN,
             description="Campaign id (a-z, 0-9, dashes; 3-63 characters). Empty: run the campaign calendar.",
         ),
-        "markets": Param(
-            market_codes(),
-            type="array",
-            items={"type": "string", "enum": market_codes()},
-            minItems=1,
-            uniqueItems=True,
-            description="Markets to run; the others are left alone.",
-        ),
+        "markets": markets_param(),
         "stages": Param(
             [],
             type="array",

@@ -36,8 +36,8 @@ log ends with the outcome table; `summarize` shows all markets together.
 
 from airflow.sdk import Param, dag, task
 
-from remarketing.dag_defaults import START_DATE, default_args, market_codes
-from remarketing.dag_parts import store_extract_and_validate, sync_suppressions
+from remarketing.dag_defaults import START_DATE, default_args
+from remarketing.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
 from remarketing.notify import dag_failure_callback
 
 
@@ -51,14 +51,7 @@ from remarketing.notify import dag_failure_callback
     tags=["remarketing", "send", "welcome"],
     doc_md=__doc__,
     params={
-        "markets": Param(
-            market_codes(),
-            type="array",
-            items={"type": "string", "enum": market_codes()},
-            minItems=1,
-            uniqueItems=True,
-            description="Markets to run; the others are left alone.",
-        ),
+        "markets": markets_param(),
         "lookback_days": Param(
             14, type="integer", minimum=1, maximum=90, description="Registrations this recent get the welcome mail."
         ),

@@ -11,7 +11,22 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from airflow.sdk import task, task_group
+from airflow.sdk import Param, task, task_group
+
+from remarketing.dag_defaults import market_codes
+
+
+def markets_param(description: str = "Markets to run; the others are left alone.") -> Param:
+    """The `markets` Param every per-market DAG shows: the configured codes, all by default."""
+    codes = market_codes()  # one read of markets.yaml per parse
+    return Param(
+        codes,
+        type="array",
+        items={"type": "string", "enum": codes},
+        minItems=1,
+        uniqueItems=True,
+        description=description,
+    )
 
 
 @task
