@@ -157,6 +157,10 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     store = tmp_path / "store.db"
     write_store(frames, f"sqlite:///{store}")
     config = yaml.safe_load((REPO / "include" / "markets.yaml").read_text())
+    for market in config["markets"].values():  # every hour open: what is sent must not depend on the clock
+        market["send_hours"] = {day: [0, 24] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+        market["quiet_hours"] = {"start": "00:00", "end": "00:00"}
+        market["holidays"]["policy"] = "target"
     markets_file = tmp_path / "markets.yaml"
     markets_file.write_text(yaml.safe_dump(config))
     key = ec.generate_private_key(ec.SECP256R1())
