@@ -251,12 +251,16 @@ def _start(name: str, args: list[str], env: dict[str, str], logs: Path) -> subpr
 
 
 def _wait_healthy(stack: Stack, timeout: float) -> None:
-    """Until the api-server answers and reports the scheduler and dag-processor healthy, and the worker is ready."""
+    """Until the api-server answers and reports the scheduler and dag-processor healthy, and the worker is ready.
+
+    Only the services the stack started are waited for.
+    """
     import requests
 
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     worker_log = stack.logs / "celery-worker.log"
+    parts = [p for p in ("scheduler", "dag_processor") if p.replace("_", "-") in stack.processes]
     while time.monotonic() < deadline:
         stack.check_alive()
         try:
@@ -264,8 +268,10 @@ def _wait_healthy(stack: Stack, timeout: float) -> None:
         except (requests.RequestException, ValueError) as exc:
             last = f"api-server: {exc.__class__.__name__}"
         else:
-            states = {part: (health.get(part) or {}).get("status") for part in ("scheduler", "dag_processor")}
-            worker_ready = " ready." in worker_log.read_text(errors="replace") if worker_log.exists() else False
+            states = {part: (health.get(part) or {}).get("status") for part in parts}
+            worker_ready = "celery-worker" not in stack.processes or (
+                worker_log.exists() and " ready." in worker_log.read_text(errors="replace")
+            )
             if all(s == "healthy" for s in states.values()) and worker_ready:
                 return
             last = f"{states}, celery worker ready: {worker_ready}"
@@ -349,14 +355,20 @@ def celery_stack(
     broker_url: str = BROKER_URL,
     start_timeout: float = 180.0,
     keep_home: bool = False,
+    services: tuple[str, ...] = SERVICES,
 ) -> Iterator[Stack]:
     """Start the whole stack; yield it running; stop everything and drop its database on exit.
 
     ``connections``: conn id -> Airflow connection JSON, stored in the metadata DB (as airflow-init
     would). ``env``: extra environment for every process (AIRFLOW_CONN_*, REMARKETING_*...).
     ``logs``: where the service logs go (default: a folder in the stack's AIRFLOW_HOME, kept only
-    with ``keep_home``). Raises StackError when a service is missing or a step fails.
+    with ``keep_home``). ``services``: which of ``SERVICES`` to start (all by default; the
+    Remarketing page test needs only the api-server). Raises StackError when a service is
+    missing or a step fails.
     """
+    unknown = set(services) - set(SERVICES)
+    if unknown:
+        raise ValueError(f"unknown services {sorted(unknown)}; known: {', '.join(SERVICES)}")
     started = time.perf_counter()
     _check_services(pg_admin_url, broker_url)
     home = Path(tempfile.mkdtemp(prefix="rmk-stack-home-"))
@@ -407,7 +419,7 @@ def celery_stack(
                 "--without-gossip",
             ],
         }
-        for name in SERVICES:
+        for name in services:
             stack.processes[name] = _start(name, commands[name], full_env, logs)
         _wait_healthy(stack, start_timeout)
         stack.startup_seconds = time.perf_counter() - started

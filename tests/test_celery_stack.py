@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 import sqlalchemy as sa
 
 from remarketing.demo_store import generate_store, write_store
@@ -157,6 +158,18 @@ def test_cart_recovery_and_lifecycle_segments_run_on_celery_through_the_rest_api
                 assert "recovered revenue" in text
                 text = _log_text(tis, "cart_recovery", runs["cart_recovery"], by_market[HALTED])
                 assert f"cart_recovery / {HALTED}: gate halted" in text and "bounce rate 9.09%" in text, text[-2000:]
+                # The Remarketing page's numbers, as this api-server serves them (compared with the ledger below).
+                days = sorted({now.date(), datetime.now(UTC).date()})  # both, should the runs cross midnight
+                page_days = [
+                    requests.get(
+                        f"{stack.url}/remarketing/api/day",
+                        params={"day": day.isoformat()},
+                        headers={"Authorization": f"Bearer {stack.token()}"},
+                        timeout=60,
+                    )
+                    for day in days
+                ]
+                assert [r.status_code for r in page_days] == [200] * len(days), page_days[0].text[:500]
             home, database = stack.home, stack.database
 
         # Everything the stack started is gone, its metadata database too.
@@ -187,5 +200,14 @@ def test_cart_recovery_and_lifecycle_segments_run_on_celery_through_the_rest_api
         assert len(slack.texts) == 1, f"no other alert (nothing failed): {slack.texts}"
         slack.shutdown()
         slack.server_close()
+        # The page showed what the ledger holds: per market, mails sent or scheduled; the halted market and why.
+        shown: dict[str, int] = {}
+        for response in page_days:
+            for market in response.json()["markets"]:
+                funnel = market["funnel"]
+                shown[market["code"]] = shown.get(market["code"], 0) + funnel["sent"] + funnel["scheduled"]
+        assert {code: n for code, n in shown.items() if n} == ledger.groupby("market").size().to_dict()
+        gates = {m["code"]: m["gate"] for m in page_days[-1].json()["markets"]}
+        assert gates[HALTED]["status"] == "halted" and "bounce rate 9.09%" in gates[HALTED]["reasons"][0]
         # lifecycle_segments profiled every customer, once.
         assert profiles == (len(frames["customers"]), len(frames["customers"]))
