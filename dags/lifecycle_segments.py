@@ -1,8 +1,18 @@
 """
 ### Lifecycle segments
 
-Daily customer profiles: lifecycle stage, RFM, tags and a purchase prediction, per market.
-Downstream DAGs (campaigns) are scheduled on the `customer_profiles` Asset this DAG updates.
+Customer profiles, recomputed after each fresh store snapshot: lifecycle stage, RFM, tags and a
+purchase prediction, per market.
+
+**What triggers it, what it triggers.** No clock of its own: every update of the
+`store_snapshot` Asset (the daily `store_snapshot` run, or a manual one) starts a run. Its own
+`store` group still refreshes and validates the four tables it reads (the store mirror is
+incremental, so right after a snapshot little is left to read). On success
+`build_profiles` updates the `customer_profiles` Asset, which starts `market_campaign`.
+Plain Asset schedule, not `AssetOrTimeSchedule` with a daily cron as a fallback: that cron fires
+every day *besides* the Asset, so a normal day would have two runs, the clock's one before the
+day's snapshot. If `store_snapshot` is paused or failing this DAG waits (the failure alerts);
+trigger it by hand to recompute anyway.
 
 **Flow.** `store` refreshes the customers, products, orders and order lines mirror and validates
 it (a broken feed stops the run here). `build_profiles` computes one profile per customer,
@@ -36,23 +46,25 @@ average order value, preferred purchase hour (local), email engagement level (em
 email feedback loop provides engagement).
 
 **Params**
-- `as_of`: compute as of this instant (ISO 8601, UTC) instead of the run's data interval end.
+- `as_of`: compute as of this instant (ISO 8601, UTC). Empty: the run's data interval end if it
+  has one (a run with a logical date), else the instant the run was queued (`run_after`; an
+  Asset-triggered run has no logical date): fixed per run, so a retry or a cleared run
+  computes the same profiles.
 
 **Reading the outcome.** `build_profiles` logs customers per market and stage, the model used
 per market and the stage transitions of the run.
 """
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
+from remarketing.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
 from remarketing.dag_defaults import START_DATE, default_args
 from remarketing.dag_parts import store_extract_and_validate
 from remarketing.notify import dag_failure_callback
 
-CUSTOMER_PROFILES = Asset("customer_profiles")
-
 
 @dag(
-    schedule="@daily",
+    schedule=STORE_SNAPSHOT,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -65,21 +77,23 @@ CUSTOMER_PROFILES = Asset("customer_profiles")
             None,
             type=["null", "string"],
             format="date-time",
-            description="Compute profiles as of this instant (UTC); empty = the run's data interval end.",
+            description="Compute profiles as of this instant (UTC); empty = the run's data interval end, "
+            "or when the run was queued (an Asset-triggered run).",
         ),
     },
 )
 def lifecycle_segments():
     @task(outlets=[CUSTOMER_PROFILES])
-    def build_profiles(validated: dict, params: dict | None = None, run_id: str | None = None, data_interval_end=None):
+    def build_profiles(
+        validated: dict, params: dict | None = None, run_id: str | None = None, data_interval_end=None, dag_run=None
+    ):
         """Stages, RFM, tags and predictions per customer; upserted, with transitions kept as history."""
-        from datetime import UTC, datetime
+        from remarketing.segments_run import build_profiles, resolve_as_of
 
-        from remarketing.segments_run import build_profiles
-
-        as_of = datetime.fromisoformat(params["as_of"]) if params.get("as_of") else data_interval_end
-        as_of = datetime.now(UTC) if as_of is None else as_of.replace(tzinfo=as_of.tzinfo or UTC)
-        return build_profiles(validated, run_id=run_id, as_of=as_of.astimezone(UTC))
+        as_of = resolve_as_of(
+            params.get("as_of"), data_interval_end=data_interval_end, run_after=getattr(dag_run, "run_after", None)
+        )
+        return build_profiles(validated, run_id=run_id, as_of=as_of)
 
     build_profiles(store_extract_and_validate(tables=["customers", "products", "orders", "order_items"]))
 

@@ -2,15 +2,26 @@
 ### Market campaigns
 
 Localized marketing campaigns to customer segments, market by market: from the trigger form, or
-from the campaign calendar (`include/campaigns.yaml`) on the daily schedule.
+from the campaign calendar (`include/campaigns.yaml`) each time the customer profiles are fresh.
 
 **Two ways to run.**
 - *Trigger form*: fill in `campaign_id` and the audience, texts and options below. The run
   sends that campaign to the chosen markets on `send_date`.
-- *Schedule / empty `campaign_id`*: the calendar's campaigns whose local date is today or
+- *Scheduled / empty `campaign_id`*: the calendar's campaigns whose local date is today or
   tomorrow in a market run there. Local-holiday campaigns take their day from the market's
   holiday calendar (`holiday:` with `days_before` where the market blocks holiday sends);
   the send windows decide the hour.
+
+**What triggers it.** No clock of its own: every update of the `customer_profiles` Asset (a
+successful `lifecycle_segments` run, itself started by the daily `store_snapshot`) starts a
+calendar run, so campaigns target profiles computed minutes before. Plain Asset schedule, not
+`AssetOrTimeSchedule` with a daily cron as a fallback: that cron fires every day *besides* the
+Asset, so a normal day would have two calendar runs, the clock's one planned on yesterday's
+profiles. A missed day loses no calendar campaign: each run takes the campaigns dated today
+*or tomorrow*, so either of two consecutive daily runs schedules a campaign day. If the chain
+stays stopped (`store_snapshot` paused, a broken feed: the failure alerts), trigger this DAG
+with an empty `campaign_id` to run the calendar by hand. "Today" comes from the clock (or
+`as_of`), never from a logical date, which an Asset-triggered run does not have.
 
 **Who gets it.** Stored customer profiles (from `lifecycle_segments`) matching every criterion
 given: lifecycle `stages`, `rfm_segments`, and/or `became` a stage within `within_days` days
@@ -48,6 +59,7 @@ from pathlib import Path
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
+from remarketing.assets import CUSTOMER_PROFILES
 from remarketing.dag_defaults import INCLUDE, START_DATE, default_args
 from remarketing.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
 from remarketing.notify import dag_failure_callback
@@ -109,7 +121,7 @@ LOCALIZED = {
 
 
 @dag(
-    schedule="@daily",
+    schedule=CUSTOMER_PROFILES,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

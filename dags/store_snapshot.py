@@ -26,20 +26,24 @@ is `report.html` under `$REMARKETING_DATA_BASE/validated/store_snapshot/run=<run
 **Reading the outcome.** `summarize` logs one line per table: rows read this run, rows in the
 snapshot, the new watermark and seconds taken. Snapshots live under
 `$REMARKETING_DATA_BASE/store/<table>/run=<run id>/`; the `store_watermarks` and `extract_runs`
-tables in the remarketing DB keep the history. On success the `store_snapshot` Asset is
-updated, which downstream DAGs can be scheduled on.
+tables in the remarketing DB keep the history.
+
+**What it triggers.** This DAG is the clock of the daily chain: it runs `@daily` (00:00 UTC),
+and on success `summarize` updates the `store_snapshot` Asset, which starts
+`lifecycle_segments`, whose `customer_profiles` Asset in turn starts `market_campaign`. A manual
+run (a `full_refresh`, say) starts the chain too. Pausing this DAG pauses the chain: the two
+downstream DAGs have no clock of their own (see the Asset graph).
 
 **Failures.** An unreachable database is retried; a wrong connection type or a missing table or
 column fails at once with a message naming the connection and the table.
 """
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
+from remarketing.assets import STORE_SNAPSHOT
 from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args
 from remarketing.dag_parts import store_extract_and_validate
 from remarketing.notify import dag_failure_callback
-
-STORE_SNAPSHOT = Asset("store_snapshot")
 
 
 @dag(

@@ -77,3 +77,61 @@ def test_dag_file_has_no_heavy_top_level_imports(dag_file):
     new_modules = json.loads(result.stdout.strip().splitlines()[-1])
     heavy = sorted({m.split(".")[0] for m in new_modules if m.split(".")[0] in HEAVY_MODULES})
     assert not heavy, f"{dag_file.name} imports {heavy} at parse time; import them inside tasks"
+
+
+def asset_edges(dag_bag) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(producer DAG, Asset name) and (Asset name, consumer DAG) pairs, as the Asset graph shows them.
+
+    Read from the serialized DAGs' dependencies: what the dag-processor stores and the UI draws.
+    """
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    produces, consumes = set(), set()
+    for dag_id, dag in dag_bag.dags.items():
+        for dep in DagSerialization.serialize_dag(dag)["dag_dependencies"]:
+            if dep["dependency_type"] != "asset":
+                continue
+            name = json.loads(dep["dependency_id"])["name"]
+            if dep["source"] == dag_id:
+                produces.add((dag_id, name))
+            if dep["target"] == dag_id:
+                consumes.add((name, dag_id))
+    return produces, consumes
+
+
+def test_assets_chain_snapshot_profiles_and_campaigns(dag_bag):
+    from remarketing.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
+
+    produces, consumes = asset_edges(dag_bag)
+    assert ("store_snapshot", STORE_SNAPSHOT.name) in produces
+    assert (STORE_SNAPSHOT.name, "lifecycle_segments") in consumes
+    assert ("lifecycle_segments", CUSTOMER_PROFILES.name) in produces
+    assert (CUSTOMER_PROFILES.name, "market_campaign") in consumes
+    # The very objects of remarketing.assets: producer outlets and consumer schedules cannot drift.
+    outlets = {
+        dag_id: [o for t in dag_bag.dags[dag_id].tasks for o in t.outlets]
+        for dag_id in ("store_snapshot", "lifecycle_segments")
+    }
+    assert outlets == {"store_snapshot": [STORE_SNAPSHOT], "lifecycle_segments": [CUSTOMER_PROFILES]}
+    assert dag_bag.dags["lifecycle_segments"].timetable.asset_condition == STORE_SNAPSHOT
+    assert dag_bag.dags["market_campaign"].timetable.asset_condition == CUSTOMER_PROFILES
+
+
+def test_every_asset_a_dag_waits_for_is_produced_by_a_dag(dag_bag):
+    """A renamed outlet (or schedule) would leave its consumer waiting forever: fail here instead."""
+    produces, consumes = asset_edges(dag_bag)
+    produced = {name for _, name in produces}
+    orphans = sorted((name, dag_id) for name, dag_id in consumes if name not in produced)
+    assert not orphans, f"scheduled on Assets no DAG updates: {orphans}"
+
+
+def test_only_the_snapshot_has_a_clock_in_the_chain(dag_bag):
+    """The consumers run on their Asset alone (no AssetOrTimeSchedule cron): one run per fresh snapshot."""
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+    from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+    assert isinstance(dag_bag.dags["store_snapshot"].timetable, CronTriggerTimetable)
+    assert dag_bag.dags["store_snapshot"].schedule == "@daily"
+    for dag_id in ("lifecycle_segments", "market_campaign"):
+        timetable = dag_bag.dags[dag_id].timetable
+        assert type(timetable) is AssetTriggeredTimetable, f"{dag_id}: {type(timetable).__name__}"

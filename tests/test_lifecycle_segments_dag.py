@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 AS_OF = datetime(2026, 11, 22, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def dag():
+    """Parsed per test: dag.test() keeps the last run's Param values (as_of) as the DAG's defaults."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags" / "lifecycle_segments.py"))
@@ -79,7 +80,9 @@ def test_the_dag_documents_the_configured_stage_thresholds(dag):
         assert fragment in dag.doc_md
 
 
-def test_a_scheduled_run_computes_as_of_its_data_interval_end(airflow_metadata, run_data, tmp_path, monkeypatch, dag):
+def test_a_run_with_a_logical_date_computes_as_of_its_data_interval_end(
+    airflow_metadata, run_data, tmp_path, monkeypatch, dag
+):
     frames = generate_store(customers=300, seed=9, as_of=AS_OF)
     store = tmp_path / "store.db"
     write_store(frames, f"sqlite:///{store}")
@@ -90,3 +93,21 @@ def test_a_scheduled_run_computes_as_of_its_data_interval_end(airflow_metadata, 
     assert len(stored) == len(frames["customers"])
     computed = pd.to_datetime(stored["computed_at"], utc=True).unique()
     assert len(computed) == 1 and computed[0] == pd.Timestamp(run.data_interval_end)
+
+
+def test_a_run_without_a_logical_date_computes_as_of_its_run_after(
+    airflow_metadata, run_data, tmp_path, monkeypatch, dag
+):
+    """An Asset-triggered run (the schedule: each fresh store snapshot) has no logical date and no
+    data interval in Airflow 3; its run_after, fixed for the run, is the as-of instant.
+    tests/test_asset_chain.py runs the real one the scheduler creates."""
+    frames = generate_store(customers=300, seed=9, as_of=AS_OF)
+    store = tmp_path / "store.db"
+    write_store(frames, f"sqlite:///{store}")
+    monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", sqlite_conn_env(store))
+    run_after = AS_OF + timedelta(hours=7, minutes=12)
+    run = dag.test(logical_date=None, run_after=run_after)
+    assert run.state == "success"
+    assert run.logical_date is None and run.data_interval_end is None
+    computed = pd.to_datetime(profiles(run_data)["computed_at"], utc=True).unique()
+    assert list(computed) == [pd.Timestamp(run_after)]

@@ -346,8 +346,11 @@ def test_the_calendar_runs_a_local_holiday_campaign_on_its_day(shop, run_data, d
     monkeypatch.setenv("REMARKETING_CAMPAIGNS_FILE", str(path))
     thanksgiving = next(d for d, n in holidays.US(years=NOW.year + 1).items() if n == "Thanksgiving Day")
     as_of = datetime(thanksgiving.year, thanksgiving.month, thanksgiving.day, 13, tzinfo=UTC)
-    run = dag.test(run_conf={"as_of": as_of.isoformat()})  # the scheduled run's defaults: no campaign_id
+    # The scheduled run's shape: Param defaults (no campaign_id) and, Asset-triggered, no logical
+    # date or data interval: "today" comes from the clock (here the rehearsal instant).
+    run = dag.test(logical_date=None, run_conf={"as_of": as_of.isoformat()})
     assert run.state == "success"
+    assert run.logical_date is None and run.data_interval_end is None
     sent = ledger(shop)
     assert len(sent) > 0 and set(sent["subject_id"]) == {"us-thanks"}
     rows = [json.loads(p.read_text()) for p in (run_data / "outbox" / "US").glob("*.json")]

@@ -651,3 +651,25 @@ def test_migration_downgrades_and_upgrades_again(engine):
     assert "customer_profiles" not in sa.inspect(engine).get_table_names()
     state.upgrade(engine)
     assert {"customer_profiles", "segment_history"} <= set(sa.inspect(engine).get_table_names())
+
+
+def test_a_runs_as_of_is_the_param_else_its_data_interval_end_else_its_run_after():
+    """lifecycle_segments is Asset-triggered: such a run has no data interval, only run_after."""
+    import pendulum
+
+    from remarketing.segments_run import resolve_as_of
+
+    end = pendulum.datetime(2026, 11, 22, tz="UTC")
+    after = datetime(2026, 11, 22, 0, 31, 5, tzinfo=UTC)
+    assert resolve_as_of("2026-11-20T06:00:00+01:00", data_interval_end=end, run_after=after) == datetime(
+        2026, 11, 20, 5, tzinfo=UTC
+    )
+    assert resolve_as_of("2026-11-20T06:00:00", data_interval_end=None, run_after=after) == datetime(
+        2026, 11, 20, 6, tzinfo=UTC
+    ), "no offset: UTC"
+    assert resolve_as_of(None, data_interval_end=end, run_after=after) == datetime(2026, 11, 22, tzinfo=UTC)
+    chosen = resolve_as_of(None, data_interval_end=None, run_after=after)  # Asset-triggered
+    assert chosen == after and type(chosen) is datetime and chosen.tzinfo is UTC
+    assert resolve_as_of("", data_interval_end=None, run_after=pendulum.instance(after)) == after
+    before = datetime.now(UTC)
+    assert before <= resolve_as_of(None, data_interval_end=None, run_after=None) <= datetime.now(UTC)

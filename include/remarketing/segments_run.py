@@ -1,7 +1,10 @@
 """Airflow glue for the lifecycle_segments DAG: clean store frames in, profiles out.
 
-The run's ``as_of`` is its data interval end (the scheduled day's end), so re-running a day
-computes the same profiles from the same data and the upsert leaves the table as it was.
+The run's ``as_of`` is fixed per run (``resolve_as_of``): the ``as_of`` Param, else the data
+interval end of a run that has one, else the run's ``run_after``. The DAG is scheduled on the
+``store_snapshot`` Asset, and an Asset-triggered run has neither logical date nor data interval
+in Airflow 3; its ``run_after`` is when the snapshot event queued it. So a retry or a cleared
+run computes the same profiles from the same data and the upsert leaves the table as it was.
 """
 
 from __future__ import annotations
@@ -10,6 +13,27 @@ from datetime import datetime
 from typing import Any
 
 PROFILE_TABLES = ("customers", "products", "orders", "order_items")
+
+
+def resolve_as_of(param: str | None, *, data_interval_end: datetime | None, run_after: datetime | None) -> datetime:
+    """The instant a run computes profiles as of, in UTC.
+
+    The ``as_of`` Param (ISO 8601; no offset means UTC) wins; then the data interval end (a run
+    with a logical date); then ``run_after`` (every Airflow 3 run has one; for an Asset-triggered
+    run it is when the triggering event queued it). The clock only when there is none of these
+    (outside Airflow): never for a real run, so retries agree with the first try.
+    """
+    from datetime import UTC
+
+    if param:
+        chosen = datetime.fromisoformat(param)
+    else:
+        chosen = next((v for v in (data_interval_end, run_after) if v is not None), None)
+    if chosen is None:
+        return datetime.now(UTC)
+    chosen = chosen.replace(tzinfo=chosen.tzinfo or UTC)
+    # A plain datetime: Airflow hands pendulum DateTimes, which numpy/pandas arithmetic rejects.
+    return datetime.fromtimestamp(chosen.timestamp(), tz=UTC)
 
 
 def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str, Any]:
