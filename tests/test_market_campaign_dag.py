@@ -358,3 +358,46 @@ def test_the_calendar_runs_a_local_holiday_campaign_on_its_day(shop, run_data, d
     local_days = {row["local_send_at"][:10] for row in rows}  # in each customer's own zone
     assert local_days == {thanksgiving.isoformat()}, "sent on the holiday, in each customer's window"
     assert load_members(shop, "not-today").empty
+
+
+def test_a_calendar_date_seen_by_two_runs_is_one_round(shop, run_data, dag, tmp_path, monkeypatch):
+    """The calendar takes a date the day before and on the day; the second run mails nobody the first scheduled.
+
+    Without this rule the frequency cap would still stop most second mails ("capped"); the
+    outcome here must be the rotation's own "already_sent" for this date.
+    """
+    from remarketing.campaigns import REASON_THIS_DATE
+
+    day_before = working_instant(13, ("DE",))
+    send_day = working_instant(13, ("DE",), after=day_before.date())
+    calendar = {
+        "campaigns": [
+            {
+                "date": send_day.date().isoformat(),
+                "campaign": {
+                    "campaign_id": "two-variant-date",
+                    "markets": ["DE"],
+                    "stages": ["active", "vip"],
+                    "content": {"subject": {"de": "Neu"}, "preheader": {"de": "Für Sie"}, **CONTENT},
+                    "variants": [{"id": "v1"}, {"id": "v2", "headline": "Zweite Fassung"}],
+                },
+            }
+        ]
+    }
+    path = tmp_path / "campaigns.yaml"
+    path.write_text(json.dumps(calendar))
+    monkeypatch.setenv("REMARKETING_CAMPAIGNS_FILE", str(path))
+    first = dag.test(logical_date=None, run_conf={"as_of": day_before.isoformat()})
+    assert first.state == "success"
+    scheduled = ledger(shop)
+    assert len(scheduled) > 0 and set(scheduled["content_version"]) == {"v1"}
+    second = dag.test(logical_date=None, run_conf={"as_of": send_day.isoformat()})
+    assert second.state == "success"
+    after = ledger(shop)
+    assert len(after) == len(scheduled) and set(after["content_version"]) == {"v1"}, "nobody got v2 for the same date"
+    members = load_members(shop, "two-variant-date")
+    again = members[members["run_id"] == second.run_id]
+    mailed = set(scheduled["customer_id"].astype("int64"))
+    repeat = again[again["customer_id"].astype("int64").isin(mailed)]
+    assert len(repeat) == len(mailed) and set(repeat["outcome"]) == {"already_sent"}
+    assert set(repeat["reason"]) == {REASON_THIS_DATE}

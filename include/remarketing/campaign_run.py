@@ -199,6 +199,7 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
         campaign_from_params,
         check_localized,
         due_campaigns,
+        had_calendar_date,
         load_calendar,
         pin_variants,
         select_targets,
@@ -222,6 +223,7 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
         due = due_campaigns(load_calendar(markets=markets), markets, now, only=selected)
         planned = [(d.campaign, d.market, d.send_date) for d in due]
         source = "calendar"
+    calendar = source == "calendar"
     print(f"{source}: {len(planned)} campaign-market pair(s) as of {now.isoformat()}")
     for campaign in {c.campaign_id: c for c, _, _ in planned}.values():
         for note in check_localized(campaign, markets):
@@ -257,11 +259,13 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
                 )
             targets = select_targets(mine, campaign, transitions)
             had = variant_history(engine, campaign.campaign_id, targets["customer_id"])
+            # One calendar date is one round: whoever an earlier run scheduled it for is done.
+            had_this_date = had_calendar_date(engine, campaign.campaign_id, market, send_date) if calendar else set()
             if not dry_run:
                 pin_variants(engine, campaign, run_id=run_id, now=now)
             members = campaign_audience(
                 campaign=campaign, market=market, targets=targets, customers=customers, had=had,
-                send_date=send_date, now=now,
+                send_date=send_date, now=now, had_this_date=had_this_date,
             )  # fmt: skip
             folder = run_folder("audiences", FLOW, campaign.campaign_id, run_id=run_id)
             audience_path = folder / f"market={code}.parquet"
@@ -273,7 +277,7 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
             print(
                 f"  {code} {campaign.campaign_id} on {send_date.isoformat()}: targets {len(targets)}, "
                 f"to the send step {len(members.audience)}, held out {counts[HOLDOUT]}, "
-                f"had every variant {counts['already_sent']}, no store row {counts['invalid_address']}; "
+                f"already had it {counts['already_sent']}, no store row {counts['invalid_address']}; "
                 f"variants {variants}"
             )
             job = jobs.setdefault(

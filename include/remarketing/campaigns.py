@@ -57,6 +57,7 @@ ARMS = ("a", "b")
 HOLDOUT = "holdout"
 PRESEND_OUTCOMES = (HOLDOUT, "already_sent", "invalid_address")
 REASON_EXHAUSTED = "had every variant"
+REASON_THIS_DATE = "had this calendar date's mail already (an earlier run scheduled it)"
 DEFAULT_CALENDAR_FILE = Path(__file__).resolve().parents[1] / "campaigns.yaml"
 _HOLIDAY_LANGUAGE = "en_US"  # holiday names are matched in English, whatever the market's language
 
@@ -408,12 +409,15 @@ def campaign_audience(
     had: pd.DataFrame | None,
     send_date: date,
     now: datetime,
+    had_this_date: Iterable[int] = (),
 ) -> CampaignAudience:
     """Targets of one market -> holdout, rotation, arms, and the send step's audience columns.
 
     ``customers``: the clean store customers (email, names, locale, zone, consent); ``had``:
-    ledger history of this campaign (customer_id, content_version). Members whose day starts
-    before ``now`` get ``now`` as their earliest instant.
+    ledger history of this campaign (customer_id, content_version). ``had_this_date``:
+    customers an earlier run already mailed for this calendar date (``had_calendar_date``):
+    skipped as ``already_sent``, not given the next variant, because one calendar date is one
+    round. Members whose day starts before ``now`` get ``now`` as their earliest instant.
     """
     from remarketing.markets import MarketConfig
     from remarketing.send_windows import resolve_time_zones
@@ -439,6 +443,14 @@ def campaign_audience(
             )
         )
     mine = mine.loc[~held]
+    this_date = mine["customer_id"].isin(set(had_this_date)).to_numpy()
+    if this_date.any():
+        skipped.append(
+            mine.loc[this_date, ["customer_id"]].assign(
+                outcome="already_sent", reason=REASON_THIS_DATE, content_version=None, step=None
+            )
+        )
+        mine = mine.loc[~this_date]
     variant = pick_variants(mine["customer_id"], had, [v.id for v in campaign.variants])
     exhausted = variant.isna().to_numpy()
     if exhausted.any():
@@ -725,6 +737,30 @@ def variant_history(engine: sa.Engine, campaign_id: str, customer_ids: Iterable[
     if customer_ids is not None:
         frame = frame[frame["customer_id"].isin(set(customer_ids))]
     return frame.drop_duplicates().reset_index(drop=True)
+
+
+def had_calendar_date(engine: sa.Engine, campaign_id: str, market: Market, send_date: date) -> set[int]:
+    """Customers of ``market`` with a mail of this campaign claimed by a run that could target ``send_date``.
+
+    The calendar takes a date on the market's local day before and on the day itself, so two
+    runs see each date; the first schedules it. Rows claimed since local midnight of the day
+    before count (a retryable rejection does not: a later run may send it again).
+    """
+    from remarketing.delivery.ledger import send_ledger
+
+    since = datetime.combine(send_date - timedelta(days=1), datetime.min.time(), tzinfo=market.zone).astimezone(UTC)
+    t = send_ledger.c
+    query = sa.select(t.customer_id).where(
+        t.flow == FLOW,
+        t.subject_id == campaign_id,
+        t.market == market.code,
+        t.customer_id.is_not(None),
+        t.claimed_at >= since,
+        ~sa.and_(t.status == "rejected", t.retryable.is_(True)),
+    )
+    with engine.connect() as conn:
+        ids = pd.to_numeric(pd.Series(conn.execute(query).scalars().all(), dtype=object), errors="coerce")
+    return set(ids.dropna().astype("int64").tolist())
 
 
 def record_members(
