@@ -50,7 +50,9 @@ def seed(engine, codes: list[str], day: date, size: int) -> None:
         "ledger_key", "flow", "kind", "step", "market", "customer_ref", "subject_id", "content_version",
         "run_id", "claim_token", "status", "claimed_at", "finished_at", "attempts",
     ]  # fmt: skip
-    outcome_columns = ["ledger_key", "customer_ref", "market", "delivery", "delivered_at", "opened_at", "updated_at"]
+    outcome_columns = [
+        "ledger_key", "customer_ref", "market", "delivery", "delivered_at", "opened_at", "updated_at", "run_id", "flow",
+    ]  # fmt: skip
     for back in range(DAYS):
         current = day - timedelta(days=back)
         noon = datetime.combine(current, day_time(12), tzinfo=UTC)
@@ -72,7 +74,8 @@ def seed(engine, codes: list[str], day: date, size: int) -> None:
                 )  # fmt: skip
                 if i % 5:
                     outcome_rows.append((key, f"c{i}", code, "delivered", noon.isoformat(),
-                                         noon.isoformat() if i % 3 == 0 else None, noon.isoformat()))  # fmt: skip
+                                         noon.isoformat() if i % 3 == 0 else None, noon.isoformat(),
+                                         run_id, flow))  # fmt: skip
         _copy(engine, "send_ledger", ledger_columns, ledger_rows)
         _copy(engine, "send_outcomes", outcome_columns, outcome_rows)
     with engine.begin() as conn:

@@ -110,21 +110,29 @@ def seed_day(engine: sa.Engine, markets, day: date) -> None:
     """Write ``SCENARIO`` for ``day`` (UTC), plus the noise the page must leave out."""
     noon = datetime.combine(day, time(12), tzinfo=UTC)
     for code, spec in SCENARIO.items():
-        accepted: list[str] = []
+        accepted: list[tuple[str, ClaimContext]] = []
         for index, (flow, run_id, try_number, counts) in enumerate(spec["runs"]):
             at = noon - timedelta(hours=4) + timedelta(minutes=30 * index)
             ctx = ClaimContext(f"{run_id}_{day}", code, try_number, flow)
             last_try = all(not (f == flow and r == run_id and t > try_number) for f, r, t, _ in spec["runs"])
             if last_try and counts.get("sent", 0) + counts.get("scheduled", 0):
-                accepted += _mails(
+                keys = _mails(
                     engine, ctx, counts.get("sent", 0) + counts.get("scheduled", 0), counts.get("scheduled", 0), at
                 )
+                accepted += [(key, ctx) for key in keys]
             gate = "halted" if "gated" in counts else "open"
             ledger.record_send_run(engine, ctx, counts, batch_id=None, gate_status=gate, dry_run=False, now=at)
         fates = spec["fates"]
         rows = []
-        for i, key in enumerate(accepted):
-            row = {"ledger_key": key, "customer_ref": key.split("/")[2], "market": code, "delivery": "delivered"}
+        for i, (key, ctx) in enumerate(accepted):
+            row = {
+                "ledger_key": key,
+                "customer_ref": key.split("/")[2],
+                "market": code,
+                "delivery": "delivered",
+                "run_id": ctx.run_id,  # as the fold copies them from the ledger
+                "flow": ctx.flow,
+            }
             for fate, column in (
                 ("delivered", "delivered_at"),
                 ("opened", "opened_at"),

@@ -34,6 +34,7 @@ from remarketing.feedback import (
     fold_pending,
     load_engagement,
     pending_batches,
+    send_outcomes,
     store_batch,
 )
 from remarketing.markets import MarketConfig, parse_markets
@@ -206,6 +207,9 @@ def test_a_bounce_arriving_between_two_sends_stops_the_second(engine, sendgrid):
     outcomes = delivery_outcomes(engine, accepted)
     assert outcomes.loc[bounced_key, "delivery"] == "bounced"
     assert (outcomes.drop(index=bounced_key)["delivery"] == "delivered").all()
+    stored_outcomes = table(engine, send_outcomes).set_index("ledger_key")
+    assert set(stored_outcomes.loc[list(accepted), "run_id"]) == {"run-1"}, "each outcome names its mail's run"
+    assert set(stored_outcomes.loc[list(accepted), "flow"]) == {FLOW}
     engagement = load_engagement(engine).set_index("customer_id")
     assert engagement.loc[3, "hard_bounces"] == 1 and engagement.loc[1, "hard_bounces"] == 0
     reasons = table(engine, email_events)["reason"].dropna()

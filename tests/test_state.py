@@ -66,3 +66,34 @@ def test_watermarks_round_trip_as_aware_utc_and_compare_and_set(engine):
     with engine.connect() as conn:
         runs = conn.execute(sa.select(state.extract_runs.c.run_id).order_by(state.extract_runs.c.id)).scalars().all()
     assert runs == ["r1", "r2"], "a refused publish records no run"
+
+
+def test_0008_fills_the_run_and_flow_of_outcomes_stored_before_it(engine):
+    """Outcomes folded before 0008 get their mail's run and flow from the ledger."""
+    state.upgrade(engine, "0007")
+    at = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO send_ledger (ledger_key, flow, kind, step, market, customer_ref, subject_id,"
+                " content_version, run_id, claim_token, status, retryable, claimed_at, attempts)"
+                " VALUES ('k1', 'cart_recovery', 'recovery', '1', 'DE', 'c1', 'cart1', 'v1', 'run-7', 't',"
+                " 'accepted', false, :at, 1)"
+            ),
+            {"at": at},
+        )
+        for key in ("k1", "k-unknown"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO send_outcomes (ledger_key, market, delivery, updated_at)"
+                    " VALUES (:k, 'DE', 'delivered', :at)"
+                ),
+                {"k": key, "at": at},
+            )
+    assert state.upgrade(engine) == state.head_revision()
+    with engine.connect() as conn:
+        rows = dict(
+            (r.ledger_key, (r.run_id, r.flow))
+            for r in conn.execute(sa.text("SELECT ledger_key, run_id, flow FROM send_outcomes"))
+        )
+    assert rows == {"k1": ("run-7", "cart_recovery"), "k-unknown": (None, None)}

@@ -8,9 +8,8 @@ Everything comes from the remarketing DB that the DAGs write; nothing here write
   invalid address, no consent) / capped (frequency and warm-up caps, already sent) / gated
   (deliverability gate halted) / not sendable (outside every send window, converted, failed,
   outcome unknown) → scheduled → sent;
-* what became of those runs' mails (``send_ledger`` accepted rows joined to ``send_outcomes``,
-  which the ``email_feedback`` DAG folds from SendGrid's events): delivered, opened, clicked,
-  bounced, spam complaints;
+* what became of those runs' mails (``send_outcomes``, which the ``email_feedback`` DAG folds
+  from SendGrid's events, by run): delivered, opened, clicked, bounced, spam complaints;
 * **recovered revenue**: orders placed that day that ``cart_recovery`` credited to a recovery
   mail (``recovery_attributions``), per currency;
 * the **gate** as the send step would judge it now (``gate.check_market`` on the stored stats:
@@ -32,7 +31,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from remarketing.delivery.gate import GateDecision, check_market, market_health
-from remarketing.delivery.ledger import send_ledger, send_runs
+from remarketing.delivery.ledger import send_runs
 from remarketing.feedback import send_outcomes
 from remarketing.markets import Market, MarketConfig
 from remarketing.recovery_store import recovery_attributions
@@ -202,11 +201,15 @@ def _dry_runs(conn: sa.Connection, start: datetime, end: datetime) -> int:
 
 
 def _engagement(conn: sa.Connection, runs: set[tuple[str, str, str]]) -> dict[str, dict[str, int]]:
-    """Per market: the day's accepted mails that were delivered, opened, clicked, bounced, reported as spam."""
+    """Per market: the day's mails that were delivered, opened, clicked, bounced, reported as spam.
+
+    Read from ``send_outcomes`` by run (index run_id, market): the fold copies each mail's run
+    and flow from the ledger, so only the day's outcomes are read.
+    """
     result: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ENGAGEMENT, 0))
     if not runs:
         return result
-    led, out = send_ledger.c, send_outcomes.c
+    out = send_outcomes.c
     columns = {
         "delivered": out.delivered_at,
         "opened": out.opened_at,
@@ -214,25 +217,15 @@ def _engagement(conn: sa.Connection, runs: set[tuple[str, str, str]]) -> dict[st
         "bounced": out.bounced_at,
         "complained": out.complained_at,
     }
-    by_run: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for run_id, flow, market in runs:
-        by_run[run_id].add((flow, market))
-    run_ids = sorted(by_run)
+    run_ids = sorted({run_id for run_id, _flow, _market in runs})
     for offset in range(0, len(run_ids), 500):
-        chunk = run_ids[offset : offset + 500]
         query = (
-            sa.select(
-                led.run_id,
-                led.flow,
-                led.market,
-                *(sa.func.count(column).label(name) for name, column in columns.items()),
-            )
-            .select_from(send_ledger.outerjoin(send_outcomes, out.ledger_key == led.ledger_key))
-            .where(led.run_id.in_(chunk), led.status == "accepted")
-            .group_by(led.run_id, led.flow, led.market)
+            sa.select(out.run_id, out.flow, out.market, *(sa.func.count(c).label(n) for n, c in columns.items()))
+            .where(out.run_id.in_(run_ids[offset : offset + 500]))
+            .group_by(out.run_id, out.flow, out.market)
         )
         for row in conn.execute(query):
-            if (row.flow, row.market) not in by_run[row.run_id]:
+            if (row.run_id, row.flow, row.market) not in runs:
                 continue  # a flow or market whose last try was recorded on another day
             for name in ENGAGEMENT:
                 result[row.market][name] += int(getattr(row, name))

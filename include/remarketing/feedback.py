@@ -96,6 +96,8 @@ send_outcomes = sa.Table(
     *(sa.Column(name, sa.DateTime(timezone=True)) for name in _OUTCOME_TIMES),
     sa.Column("unsubscribed_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(250)),  # the mail's send run and flow, copied from the ledger (0008)
+    sa.Column("flow", sa.String(64)),
 )
 _ENGAGEMENT_COUNTS = ("delivered", "opens", "clicks", "hard_bounces", "soft_bounces", "spam_reports", "unsubscribes")
 _ENGAGEMENT_TIMES = ("last_open_at", "last_click_at", "last_bounce_at", "last_complaint_at")
@@ -315,7 +317,7 @@ def _ledger_rows(engine: sa.Engine, keys: list[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     with engine.connect() as conn:
         for chunk in _chunks(sorted(set(keys))):
-            query = sa.select(t.ledger_key, t.customer_ref, t.customer_id, t.market, t.flow, t.status).where(
+            query = sa.select(t.ledger_key, t.customer_ref, t.customer_id, t.market, t.flow, t.status, t.run_id).where(
                 t.ledger_key.in_(chunk)
             )
             found.update({row.ledger_key: row for row in conn.execute(query)})
@@ -581,6 +583,9 @@ def _refresh_outcomes(engine: sa.Engine, keys: set[str], now: datetime) -> int:
         .first()
     )
     table = first.join(times).assign(delivery=delivery, updated_at=now).reset_index()
+    sent = _ledger_rows(engine, table["ledger_key"].astype(str).tolist())
+    table["run_id"] = [getattr(sent.get(k), "run_id", None) for k in table["ledger_key"]]
+    table["flow"] = [getattr(sent.get(k), "flow", None) for k in table["ledger_key"]]
     _write(engine, send_outcomes, ["ledger_key"], _records(table))
     return len(table)
 
