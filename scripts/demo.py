@@ -136,7 +136,8 @@ def report() -> None:
     print(f"    remarketing DB:       {REMARKETING_DB}")
     print(f"    demo store:           {STORE_DB}")
     print(f"    Airflow home:         {AIRFLOW_HOME} (task logs under logs/)")
-    print("    Airflow UI:           make ui   (then http://localhost:8080)")
+    print("    Airflow UI:           make ui   (then http://localhost:8080; per-market funnel and gate:")
+    print("                          Remarketing in the nav bar, http://localhost:8080/plugin/remarketing)")
 
 
 def ui() -> None:
