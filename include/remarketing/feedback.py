@@ -386,12 +386,14 @@ def fold_pending(
         touched_keys: set[str] = set()
         touched_refs: set[str] = set()
         touched_days: dict[str, set[date]] = {}
+        sent: dict[str, Any] = {}  # ledger rows of the batches' keys, for the outcomes' run and flow
         new_rows: list[dict] = []
         for batch in batches:
             events = _parse_stored(batch)
             summary.events += len(events)
             keys = [k for k in (custom_arg(e, "ledger_key") for e in events) if k]
             known = _ledger_rows(engine, keys)
+            sent.update(known)
             rows = _event_rows(batch.id, events, known, now)
             rows = list({r["sg_event_id"]: r for r in rows}.values())  # a batch repeating an event
             fresh = _insert_new_events(engine, rows)
@@ -414,7 +416,7 @@ def fold_pending(
                     touched_days.setdefault(row["market"], set()).add(row["occurred_at"].date())
             new_rows.extend(fresh)
         reconciled.update(_reconcile_ledger(engine, touched_keys, now))
-        summary.outcomes_updated += _refresh_outcomes(engine, touched_keys, now)
+        summary.outcomes_updated += _refresh_outcomes(engine, touched_keys, sent, now)
         summary.customers_updated += _refresh_engagement(engine, touched_refs, now)
         for market, days in touched_days.items():
             all_days.setdefault(market, set()).update(days)
@@ -537,7 +539,8 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _refresh_outcomes(engine: sa.Engine, keys: set[str], now: datetime) -> int:
+def _refresh_outcomes(engine: sa.Engine, keys: set[str], sent: dict[str, Any], now: datetime) -> int:
+    """Recompute the outcome of ``keys`` from all their events; ``sent``: their ledger rows (run, flow)."""
     if not keys:
         return 0
     events = _events_for(
@@ -583,7 +586,6 @@ def _refresh_outcomes(engine: sa.Engine, keys: set[str], now: datetime) -> int:
         .first()
     )
     table = first.join(times).assign(delivery=delivery, updated_at=now).reset_index()
-    sent = _ledger_rows(engine, table["ledger_key"].astype(str).tolist())
     table["run_id"] = [getattr(sent.get(k), "run_id", None) for k in table["ledger_key"]]
     table["flow"] = [getattr(sent.get(k), "flow", None) for k in table["ledger_key"]]
     _write(engine, send_outcomes, ["ledger_key"], _records(table))
