@@ -57,12 +57,10 @@ async def airflow_user_may_view(request: Request) -> None:
 
 
 def _state_engine():
-    from remarketing.runtime import remarketing_engine
-    from remarketing.state import upgrade
+    """The remarketing DB, schema brought up to date once per process."""
+    from remarketing.runtime import migrated_remarketing_engine
 
-    engine = remarketing_engine()
-    upgrade(engine)
-    return engine
+    return migrated_remarketing_engine()
 
 
 def _markets():

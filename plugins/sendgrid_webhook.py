@@ -57,12 +57,9 @@ def _configured_key() -> str:
 
 def _state_engine():
     """The remarketing DB, schema brought up to date once per process."""
-    from remarketing.runtime import remarketing_engine
-    from remarketing.state import upgrade
+    from remarketing.runtime import migrated_remarketing_engine
 
-    engine = remarketing_engine()
-    upgrade(engine)
-    return engine
+    return migrated_remarketing_engine()
 
 
 def create_app(

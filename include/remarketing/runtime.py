@@ -105,6 +105,15 @@ def remarketing_engine(conn_id: str = REMARKETING_CONN_ID):
     return create_state_engine(hook.get_uri())
 
 
+def migrated_remarketing_engine(conn_id: str = REMARKETING_CONN_ID):
+    """``remarketing_engine`` with its schema brought up to date: for the API server's plugins."""
+    from remarketing.state import upgrade
+
+    engine = remarketing_engine(conn_id)
+    upgrade(engine)
+    return engine
+
+
 def data_base_path():
     """Where run data (Parquet) lives: ``REMARKETING_DATA_BASE`` or $AIRFLOW_HOME/data."""
     from airflow.sdk import ObjectStoragePath
