@@ -11,13 +11,13 @@ import logging
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 
-from remarketing.delivery.retry import HttpClient, RetryPolicy
+from remarketing.delivery.retry import RetryPolicy
 from remarketing.delivery.sendgrid_transport import (
     DEFAULT_HOST,
     SendGridError,
-    _connection,
     _ok_json,
-    host_from_connection,
+    connection_args,
+    sendgrid_http,
 )
 
 log = logging.getLogger(__name__)
@@ -46,24 +46,12 @@ class SendGridApi:
         self.host = host.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.page_size = page_size
-        self.http = HttpClient(
-            self.host,
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "User-Agent": "remarketing-airflow",
-                "Accept": "application/json",
-            },
-            timeout=timeout,
-            pool_size=2,
-        )
+        self.http = sendgrid_http(api_key, self.host, timeout=timeout, pool_size=2)
 
     @classmethod
     def from_connection(cls, conn_id: str = "sendgrid_default", **kwargs) -> SendGridApi:
-        conn = _connection(conn_id)
-        extra = conn.extra_dejson or {}
-        if "timeout" in extra:
-            kwargs.setdefault("timeout", float(extra["timeout"]))
-        return cls(conn.password, host_from_connection(conn), **kwargs)
+        api_key, host, kwargs = connection_args(conn_id, kwargs)
+        return cls(api_key, host, **kwargs)
 
     def _get(self, path: str, query: dict | None = None):
         result = self.http.call("GET", path, self.retry, query=query, idempotent=True, what=f"GET {path}")

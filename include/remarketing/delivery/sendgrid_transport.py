@@ -233,6 +233,29 @@ def _connection(conn_id: str):
     return conn
 
 
+def connection_args(conn_id: str, kwargs: dict) -> tuple[str, str, dict]:
+    """As the SendGrid provider does: (API key from the password, host, kwargs with ``extra.timeout``)."""
+    conn = _connection(conn_id)
+    extra = conn.extra_dejson or {}
+    if "timeout" in extra:
+        kwargs = {"timeout": float(extra["timeout"]), **kwargs}
+    return conn.password, host_from_connection(conn), kwargs
+
+
+def sendgrid_http(api_key: str, host: str, *, timeout: float, pool_size: int) -> HttpClient:
+    """Keep-alive connections to SendGrid's API, authenticated; shared by the transport and ``SendGridApi``."""
+    return HttpClient(
+        host,
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "User-Agent": "remarketing-airflow",
+            "Accept": "application/json",
+        },
+        timeout=timeout,
+        pool_size=pool_size,
+    )
+
+
 class SendGridTransport:
     """Delivers Messages through SendGrid's v3 API with a bounded pool of keep-alive connections."""
 
@@ -254,26 +277,14 @@ class SendGridTransport:
         self.max_workers = max_workers
         self.retry = retry or RetryPolicy()
         self.clock = clock
-        self.http = HttpClient(
-            self.host,
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "User-Agent": "remarketing-airflow",
-                "Accept": "application/json",
-            },
-            timeout=timeout,
-            pool_size=max_workers,
-        )
+        self.http = sendgrid_http(api_key, self.host, timeout=timeout, pool_size=max_workers)
         self._executor: cf.ThreadPoolExecutor | None = None
 
     @classmethod
     def from_connection(cls, conn_id: str = "sendgrid_default", **kwargs) -> SendGridTransport:
         """As the SendGrid provider does: API key in the password; optional host in host or extra."""
-        conn = _connection(conn_id)
-        extra = conn.extra_dejson or {}
-        if "timeout" in extra:
-            kwargs.setdefault("timeout", float(extra["timeout"]))
-        return cls(conn.password, host=host_from_connection(conn), **kwargs)
+        api_key, host, kwargs = connection_args(conn_id, kwargs)
+        return cls(api_key, host=host, **kwargs)
 
     # --- sending ----------------------------------------------------------------------------------
 
