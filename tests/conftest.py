@@ -94,6 +94,26 @@ def sqlite_conn_env(path: Path) -> str:
 
 
 @pytest.fixture
+def engine(tmp_path):
+    """A remarketing DB (SQLite, schema at head) for one test; modules testing PostgreSQL too override it."""
+    from databases import migrated_sqlite_engine
+
+    engine = migrated_sqlite_engine(tmp_path / "remarketing.db")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sendgrid():
+    """The local SendGrid server; a test fails if the server itself raised an error."""
+    from fake_sendgrid import FakeSendGrid
+
+    with FakeSendGrid() as fake:
+        yield fake
+        assert fake.server_errors == []
+
+
+@pytest.fixture
 def run_data(tmp_path, monkeypatch) -> Path:
     """A private run-data base and remarketing DB for one test."""
     base = tmp_path / "data"

@@ -65,3 +65,41 @@ def fresh_mariadb_database(prefix: str = "rmk"):
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
         admin.dispose()
+
+
+# --- the remarketing DB (our state), migrated by the project ----------------------------------------
+
+
+def migrated_sqlite_engine(path) -> sa.Engine:
+    """A remarketing DB in a SQLite file, schema at head."""
+    from remarketing import state
+
+    engine = state.create_state_engine(f"sqlite:///{path}")
+    state.upgrade(engine)
+    return engine
+
+
+@contextmanager
+def migrated_postgres_database(prefix: str = "rmk"):
+    """The URL of a fresh PostgreSQL database with the remarketing schema at head; dropped on exit."""
+    from remarketing import state
+
+    with fresh_postgres_database(prefix) as url:
+        engine = state.create_state_engine(url)
+        state.upgrade(engine)
+        engine.dispose()
+        yield url
+
+
+def state_engine(kind: str, tmp_path, request, tables: tuple[str, ...]) -> sa.Engine:
+    """For tests run on both databases: a fresh SQLite file, or the module's PostgreSQL database
+    (fixture ``postgres_url``, one per module because creating one costs seconds) with ``tables`` emptied."""
+    if kind == "sqlite":
+        return migrated_sqlite_engine(tmp_path / "remarketing.db")
+    from remarketing import state
+
+    engine = state.create_state_engine(request.getfixturevalue("postgres_url"))
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    return engine

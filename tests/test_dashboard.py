@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from dashboard_seed import SCENARIO, expected, seed_day
-from databases import fresh_postgres_database
+from databases import migrated_postgres_database, migrated_sqlite_engine
 from fastapi import HTTPException, Request
 from fastapi.testclient import TestClient
 
@@ -39,14 +39,12 @@ def markets():
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request, tmp_path):
     if request.param == "sqlite":
-        engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
-        state.upgrade(engine)
+        engine = migrated_sqlite_engine(tmp_path / "remarketing.db")
         yield engine
         engine.dispose()
         return
-    with fresh_postgres_database("rmk_dash") as url:
+    with migrated_postgres_database("rmk_dash") as url:
         engine = state.create_state_engine(url)
-        state.upgrade(engine)
         yield engine
         engine.dispose()
 

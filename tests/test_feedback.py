@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from fake_sendgrid import FakeSendGrid
 from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
 from remarketing import state
@@ -96,21 +95,6 @@ def render_each(chunk: pd.DataFrame):
             text="Hallo",
             custom_args={"flow": FLOW, "market": "DE"},
         )
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
-    state.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sendgrid():
-    with FakeSendGrid() as fake:
-        yield fake
-        assert fake.server_errors == []
 
 
 def transport_for(sendgrid, now=NOW):

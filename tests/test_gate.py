@@ -11,11 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from databases import fresh_postgres_database
+from databases import migrated_postgres_database, state_engine
 from fake_sendgrid import FakeSendGrid
 from market_fixtures import TEST_SENDER, synthetic_market
 
-from remarketing import state
 from remarketing.delivery import ledger
 from remarketing.delivery.caps import FrequencyCaps, cap_reasons, capped_reasons, consent_mask, flow_kind
 from remarketing.delivery.gate import check_market, health_totals, market_category, refresh_market_health
@@ -42,31 +41,13 @@ def market(code="DE", zone="Europe/Berlin", **overrides):
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    with fresh_postgres_database("rmk_gate") as url:
-        engine = state.create_state_engine(url)
-        state.upgrade(engine)
-        engine.dispose()
+    with migrated_postgres_database("rmk_gate") as url:
         yield url
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
-    state.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_engine(request, tmp_path):
-    if request.param == "sqlite":
-        engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
-        state.upgrade(engine)
-    else:
-        engine = state.create_state_engine(request.getfixturevalue("postgres_url"))
-        with engine.begin() as conn:
-            for table in TABLES:
-                conn.execute(sa.text(f"DELETE FROM {table}"))
+    engine = state_engine(request.param, tmp_path, request, TABLES)
     yield engine
     engine.dispose()
 

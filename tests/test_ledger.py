@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from databases import fresh_postgres_database
+from databases import fresh_postgres_database, migrated_postgres_database, state_engine
 
 from remarketing import state
 from remarketing.delivery import ledger
@@ -27,23 +27,13 @@ DELIVERY_TABLES = ("send_ledger", "send_runs", "suppressions", "suppression_sync
 @pytest.fixture(scope="module")
 def postgres_url():
     """One PostgreSQL database for the module (creating one per test costs seconds); emptied per test."""
-    with fresh_postgres_database("rmk_ledger") as url:
-        engine = state.create_state_engine(url)
-        state.upgrade(engine)
-        engine.dispose()
+    with migrated_postgres_database("rmk_ledger") as url:
         yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request, tmp_path):
-    if request.param == "sqlite":
-        engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
-        state.upgrade(engine)
-    else:
-        engine = state.create_state_engine(request.getfixturevalue("postgres_url"))
-        with engine.begin() as conn:
-            for table in DELIVERY_TABLES:
-                conn.execute(sa.text(f"DELETE FROM {table}"))
+    engine = state_engine(request.param, tmp_path, request, DELIVERY_TABLES)
     yield engine
     engine.dispose()
 

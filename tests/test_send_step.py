@@ -13,10 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from fake_sendgrid import FakeSendGrid
 from market_fixtures import TEST_SENDER, synthetic_market
 
-from remarketing import state
 from remarketing.delivery import ledger
 from remarketing.delivery.caps import FrequencyCaps
 from remarketing.delivery.ledger import ClaimContext
@@ -72,21 +70,6 @@ def render_each(chunk: pd.DataFrame):
             html="<p>Hallo</p>",
             text="Hallo",
         )
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
-    state.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sendgrid():
-    with FakeSendGrid() as fake:
-        yield fake
-        assert fake.server_errors == []
 
 
 @pytest.fixture

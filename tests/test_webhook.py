@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 
-from remarketing import state
 from remarketing.delivery.suppressions import suppression_reasons
 from remarketing.feedback import email_event_batches, event_json
 from remarketing.webhook import (
@@ -69,14 +68,6 @@ def events(n: int = 3, *, prefix: str = "ev", kind: str = "delivered", **extra) 
 @pytest.fixture(scope="module")
 def key():
     return ec.generate_private_key(ec.SECP256R1())
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = state.create_state_engine(f"sqlite:///{tmp_path / 'remarketing.db'}")
-    state.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def stored_batches(engine) -> list:
