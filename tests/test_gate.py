@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from databases import migrated_postgres_database, state_engine
-from fake_sendgrid import FakeSendGrid
 from market_fixtures import TEST_SENDER, synthetic_market
 
 from remarketing.delivery import ledger
@@ -50,12 +49,6 @@ def any_engine(request, tmp_path):
     engine = state_engine(request.param, tmp_path, request, TABLES)
     yield engine
     engine.dispose()
-
-
-@pytest.fixture
-def sendgrid():
-    with FakeSendGrid() as fake:
-        yield fake
 
 
 @pytest.fixture
