@@ -55,16 +55,18 @@ def _configured_key() -> str:
     return key
 
 
-def _state_engine():
-    """The remarketing DB, schema brought up to date once per process."""
-    from remarketing.runtime import migrated_remarketing_engine
+def _state_engine_for(url: str):
+    """The remarketing DB at ``url``, schema brought up to date once per process and URL."""
+    from remarketing.state import create_state_engine, upgrade
 
-    return migrated_remarketing_engine()
+    engine = create_state_engine(url)
+    upgrade(engine)
+    return engine
 
 
 def create_app(
     *,
-    engine_factory: Callable = _state_engine,
+    engine_factory: Callable | None = None,
     key_loader: Callable[[], str] = _configured_key,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     max_body: int = MAX_BODY_BYTES,
@@ -81,6 +83,15 @@ def create_app(
                 resources[name] = make()
             return resources[name]
 
+    def state_engine():
+        """The given engine, or the ``remarketing_db`` connection's: an edited connection is used at once."""
+        if engine_factory is not None:
+            return resource("engine", engine_factory)
+        from remarketing.runtime import remarketing_url
+
+        url = remarketing_url()
+        return resource(("engine", url), lambda: _state_engine_for(url))
+
     def refuse(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
 
@@ -91,7 +102,8 @@ def create_app(
     @app.post("/events")
     async def events(request: Request):
         try:
-            public_key = resource("key", lambda: load_public_key(key_loader()))
+            text = key_loader()  # read per batch: a rotated key takes effect without a restart
+            public_key = resource(("key", text), lambda: load_public_key(text))
         except WebhookConfigError as exc:
             log.error("SendGrid webhook refused a batch: %s", exc)
             return refuse(503, "webhook not configured")
@@ -123,7 +135,7 @@ def create_app(
         def store():
             from remarketing.feedback import store_batch
 
-            return store_batch(resource("engine", engine_factory), body, parsed, now=clock())
+            return store_batch(state_engine(), body, parsed, now=clock())
 
         stored = await run_in_threadpool(store)
         log.info(

@@ -280,3 +280,26 @@ def test_the_plugin_mounts_the_app_under_sendgrid_and_reads_the_key_from_the_env
         assert client.get("/sendgrid/health").json() == {"status": "ok"}
         assert client.post("/sendgrid/events", content=body, headers=sign(key, body)).status_code == 200
     assert stored_batches(engine) == [(1, 1)]
+
+
+def test_a_rotated_key_and_an_edited_connection_take_effect_without_a_restart(tmp_path, key, monkeypatch):
+    """The plugin's app lives as long as the API server: it must not keep a key or a database it read once."""
+    from conftest import sqlite_conn_env
+    from databases import migrated_sqlite_engine
+
+    app = sendgrid_webhook.create_app(clock=lambda: NOW)
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    body = event_json(events(1))
+    with TestClient(app) as client:
+        monkeypatch.setenv(sendgrid_webhook.KEY_ENV, public_text(key))
+        monkeypatch.setenv("AIRFLOW_CONN_REMARKETING_DB", sqlite_conn_env(first))
+        assert client.post("/events", content=body, headers=sign(key, body)).status_code == 200
+        monkeypatch.setenv(sendgrid_webhook.KEY_ENV, public_text(new_key))
+        monkeypatch.setenv("AIRFLOW_CONN_REMARKETING_DB", sqlite_conn_env(second))
+        assert client.post("/events", content=body, headers=sign(key, body)).status_code == 403, "the old key"
+        assert client.post("/events", content=body, headers=sign(new_key, body)).status_code == 200
+    for path in (first, second):
+        engine = migrated_sqlite_engine(path)
+        assert stored_batches(engine) == [(1, 1)], path.name
+        engine.dispose()

@@ -97,12 +97,17 @@ def store_connection(table: str, conn_id: str = STORE_CONN_ID):
         yield conn
 
 
+def remarketing_url(conn_id: str = REMARKETING_CONN_ID) -> str:
+    """The SQLAlchemy URL of our own state DB, from its Airflow connection."""
+    hook, _connection = _sql_hook(conn_id, "remarketing state database", create_sqlite=True)
+    return hook.get_uri()
+
+
 def remarketing_engine(conn_id: str = REMARKETING_CONN_ID):
     """SQLAlchemy engine for our own state DB (created and migrated by the project)."""
     from remarketing.state import create_state_engine
 
-    hook, _connection = _sql_hook(conn_id, "remarketing state database", create_sqlite=True)
-    return create_state_engine(hook.get_uri())
+    return create_state_engine(remarketing_url(conn_id))
 
 
 def migrated_remarketing_engine(conn_id: str = REMARKETING_CONN_ID):
