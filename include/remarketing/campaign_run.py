@@ -168,19 +168,6 @@ def write_samples(samples: Mapping[tuple, Any], *, run_id: str, market: str, lab
     return str(folder)
 
 
-def rehearsal_transport(now: datetime):
-    """The outbox transport on the rehearsal's clock, so mails planned days ahead validate as SendGrid would then."""
-    from remarketing.delivery.outbox import OutboxTransport
-    from remarketing.delivery_run import DeliverySetupError, transport_name
-    from remarketing.runtime import data_base_path
-
-    if transport_name() != "outbox":
-        raise DeliverySetupError("a rehearsal (as_of) runs on the outbox transport only")
-    folder = data_base_path() / "outbox"
-    folder.mkdir(parents=True, exist_ok=True)
-    return OutboxTransport(folder, clock=lambda: now)
-
-
 # --- plan ----------------------------------------------------------------------------------------
 
 
@@ -377,7 +364,7 @@ def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     secret = link_secret()
     now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
     engine = remarketing_engine()
-    transport = rehearsal_transport(now) if job.get("rehearsal") else make_transport()
+    transport = make_transport(now if job.get("rehearsal") else None)
     api = make_api()
     renderer = MailRenderer()
     results = []

@@ -44,7 +44,11 @@ def link_secret() -> bytes:
     return secret.encode()
 
 
-def make_transport():
+def make_transport(rehearsal_now=None):
+    """The configured transport. A rehearsal (a run with ``as_of``) runs on the outbox only, on the
+    rehearsal's clock, so mails planned days ahead validate as SendGrid would then."""
+    if rehearsal_now is not None and transport_name() != "outbox":
+        raise DeliverySetupError("a rehearsal (as_of) runs on the outbox transport only")
     if transport_name() == "sendgrid":
         from remarketing.delivery.sendgrid_transport import SendGridTransport
 
@@ -54,7 +58,9 @@ def make_transport():
 
     folder = data_base_path() / "outbox"
     folder.mkdir(parents=True, exist_ok=True)
-    return OutboxTransport(folder)
+    if rehearsal_now is None:
+        return OutboxTransport(folder)
+    return OutboxTransport(folder, clock=lambda: rehearsal_now)
 
 
 def make_api():

@@ -23,7 +23,7 @@ def _write_parquet(frame, path) -> None:
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle, compression="zstd")
 
 
-def _ledger_history(engine) -> Any:
+def ledger_history(engine) -> Any:
     """This flow's ledger rows as (cart_id, step, status, sent_at) for the sequence position."""
     import pandas as pd
     import sqlalchemy as sa
@@ -76,7 +76,7 @@ def find_abandoned_carts(validated: dict, *, markets: list[str], run_id: str, as
     now = resolve_now(as_of)
     engine = remarketing_engine()
     try:
-        history = _ledger_history(engine)
+        history = ledger_history(engine)
         # Customers who opened or clicked our mail get it at their own best local hour.
         best = best_hours(engine, frames["customers"], market_config, since=now - timedelta(days=365))
     finally:
@@ -240,7 +240,7 @@ def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     secret = link_secret()
     now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
     engine = remarketing_engine()
-    transport = make_transport()
+    transport = make_transport(now if job.get("rehearsal") else None)
     try:
         with store_connection("carts") as conn:
             render = _RecoveryRenderer(market=market, job=job, secret=secret, now=now, store_conn=conn)

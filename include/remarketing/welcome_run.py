@@ -243,7 +243,7 @@ def welcome_renderer(market, secret: bytes, renderer=None):
 
 def send_welcome_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict[str, Any]:
     """One market's welcome and reminder mails through the shared send step; logs the outcome table."""
-    from remarketing.campaign_run import _read_parquet, rehearsal_transport, write_samples
+    from remarketing.campaign_run import _read_parquet, write_samples
     from remarketing.delivery.send_step import send_market
     from remarketing.delivery_run import link_secret, make_api, make_transport
     from remarketing.markets import load_markets
@@ -255,7 +255,7 @@ def send_welcome_market(job: dict, *, run_id: str, try_number: int, dry_run: boo
     now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
     render = welcome_renderer(market, link_secret())
     engine = remarketing_engine()
-    transport = rehearsal_transport(now) if job.get("rehearsal") else make_transport()
+    transport = make_transport(now if job.get("rehearsal") else None)
     try:
         summary = send_market(
             flow=FLOW,
