@@ -24,7 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from remarketing.demo_store import generate_store, write_store
 from remarketing.feedback import event_json, store_batch
+from remarketing.flows import load_flows
 from remarketing.markets import load_markets
+from remarketing.recovery import scan_carts
+from remarketing.recovery_run import ledger_history
 from remarketing.send_windows import resolve_time_zones
 from remarketing.state import create_state_engine, upgrade
 from remarketing.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -32,10 +35,6 @@ from remarketing.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 pytestmark = pytest.mark.airflow_run
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-link-secret-0123456789"
-
-
-def now_hour() -> datetime:
-    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def load_dag(name: str):
@@ -149,11 +148,12 @@ def outcomes(run_data: Path, run_id: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monkeypatch, feedback_dag):
+def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monkeypatch, feedback_dag, instant):
+    """Every run happens at ``instant`` (or a fixed time after it), never at the wall clock's hour."""
     from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
-    frames = generate_store(customers=600, seed=11, as_of=now_hour())
+    frames = generate_store(customers=600, seed=11, as_of=instant)
     store = tmp_path / "store.db"
     write_store(frames, f"sqlite:///{store}")
     config = yaml.safe_load((REPO / "include" / "markets.yaml").read_text())
@@ -177,14 +177,24 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     recovery = load_dag("cart_recovery")
 
     # 1. Mails go out.
-    first = recovery.test(run_conf={"full_refresh": False})
+    first = recovery.test(run_conf={"full_refresh": False, "as_of": instant.isoformat()})
     assert first.state == "success"
     sent = query(run_data, "SELECT * FROM send_ledger WHERE status = 'accepted'")
     first_run = len(sent)
     sent = sent[sent["customer_id"].notna()].copy()
     emails = frames["customers"].set_index("customer_id")["email"]
     sent["email"] = sent["customer_id"].astype(int).map(emails)
+    # The customers whose later behaviour is checked must have a cart that is certainly due in the
+    # later run (a cart mailed a week after its last change is too old by then): the flow's own
+    # scan at the later instant, on the ledger as the first run left it, says which.
+    later_at = instant + timedelta(hours=26)
+    engine = state_engine(run_data)
+    history = ledger_history(engine)
+    engine.dispose()
+    due_later = scan_carts(frames, now=later_at, config=load_flows().cart_recovery, history=history).due
+    due = sent[sent["subject_id"].isin("cart" + due_later["cart_id"].astype(str))]
     by_market = sent.groupby("market").size().sort_values(ascending=False)
+    by_market = by_market[by_market.index.isin(due["market"])]
     assert len(by_market) >= 3 and by_market.iloc[0] >= 5, by_market
     halted, bounced_market, engaged_market = by_market.index[:3]
     # In the market to be halted the gate judges rates from 5 delivered mails on (the shipped 100
@@ -193,11 +203,11 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     body["deliverability"] = {**(body.get("deliverability") or {}), "min_delivered": 5}
     markets_file.write_text(yaml.safe_dump(config))
     rows = sent.to_dict("records")
-    bounced = sent[sent["market"] == bounced_market].iloc[0].to_dict()
-    engaged = sent[sent["market"] == engaged_market].head(3)
+    bounced = due[due["market"] == bounced_market].iloc[0].to_dict()
+    engaged = due[due["market"] == engaged_market].head(3)
 
     # 2. SendGrid's events come back through the webhook served by Airflow's API server.
-    moment = datetime.now(UTC) - timedelta(minutes=5)
+    moment = instant + timedelta(minutes=5)
     batch = events_for(rows, "processed", moment) + events_for(
         [r for r in rows if r["ledger_key"] != bounced["ledger_key"]], "delivered", moment
     )
@@ -207,7 +217,7 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     zones = resolve_time_zones(customers.loc[engaged["customer_id"].astype(int)].reset_index(), load_markets())
     clicks = []
     for row, zone in zip(engaged.to_dict("records"), zones["time_zone"], strict=True):
-        local = (datetime.now(UTC) - timedelta(days=2)).astimezone(ZoneInfo(zone))
+        local = (instant - timedelta(days=2)).astimezone(ZoneInfo(zone))
         at = local.replace(hour=15, minute=20, second=0, microsecond=0)
         for day in range(3):
             clicks += events_for([row], "click", (at + timedelta(days=day)).astimezone(UTC) - timedelta(days=1))
@@ -234,7 +244,7 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     assert health.set_index("market").loc[halted, "s"] == 1
 
     # 4. Profiles gain engagement.
-    segments = load_dag("lifecycle_segments").test(run_conf={"as_of": datetime.now(UTC).isoformat()})
+    segments = load_dag("lifecycle_segments").test(run_conf={"as_of": (instant + timedelta(hours=1)).isoformat()})
     assert segments.state == "success"
     profiles = query(run_data, "SELECT customer_id, engagement_level, last_click_at FROM customer_profiles")
     profiles = profiles.set_index("customer_id")
@@ -242,7 +252,7 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     assert profiles["last_click_at"].notna().sum() == len(engaged)
 
     # 5. The next run (a day later) behaves differently.
-    as_of = now_hour() + timedelta(hours=26)
+    as_of = later_at
     later = recovery.test(run_conf={"full_refresh": False, "as_of": as_of.isoformat()})
     assert later.state == "success"
     result = outcomes(run_data, later.run_id)
@@ -257,18 +267,25 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     )
     hours = audience.set_index("customer_id")["best_hour"]
     due_engaged = [c for c in engaged["customer_id"].astype(int) if c in hours.index]
-    assert due_engaged and all(hours[c] == 15 for c in due_engaged)
+    assert due_engaged and due_engaged == list(engaged["customer_id"].astype(int)), "every engaged cart is due"
+    assert all(hours[c] == 15 for c in due_engaged)
     others = audience[~audience["customer_id"].isin(engaged["customer_id"].astype(int))]
     assert others["best_hour"].isna().all()
-    # Where their mail is timed, it is timed at their hour; once 15:00 has passed that local day, the
-    # send step takes the nearest slot left, the run's own instant.
+    # Where their mail is timed, it is timed as close to their hour as the run can reach: every hour
+    # is open and their carts are due, so the candidates are the run's instant and each whole hour
+    # after it within the flow's send horizon, on that local day; the one whose local hour is nearest
+    # 15 wins, ties to the earlier (send_windows' rule).
+    horizon = pd.Timedelta(hours=load_flows().cart_recovery.send_horizon_hours)
+    start = pd.Timestamp(as_of)
     timed = result[result["customer_id"].isin([str(c) for c in due_engaged]) & result["send_at"].notna()]
     zone_of = audience.set_index("customer_id")["time_zone"]
     for row in timed.itertuples(index=False):
         zone = zone_of[int(row.customer_id)]
-        local = row.send_at.tz_convert(zone)
-        past_best_hour = pd.Timestamp(as_of).tz_convert(zone).hour > 15 and row.send_at <= pd.Timestamp(as_of)
-        assert local.hour == 15 or past_best_hour, (row.customer_id, local)
+        hours = pd.date_range(start.ceil("h"), start + horizon, freq="h")  # the horizon is inclusive
+        candidates = [start] + [at for at in hours if at > start]
+        candidates = [at for at in candidates if at.tz_convert(zone).date() == start.tz_convert(zone).date()]
+        expected = min(candidates, key=lambda at: abs(at.tz_convert(zone).hour - 15))
+        assert row.send_at == expected, (row.customer_id, row.send_at.tz_convert(zone), expected.tz_convert(zone))
     print(
         "loop:",
         {
