@@ -11,7 +11,7 @@ CUSTOMERS ?= 5000
 SIZE ?= 100000
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench ui clean
+.PHONY: demo test test-clock lint bench ui clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@bash scripts/ensure-system-deps.sh
@@ -29,9 +29,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The clock tests at a spread of instants first (tests/clock.py), then the whole suite; both always
+# run, and either failing fails the target.
 test: lint
 	@bash scripts/ensure-browser.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python tests/clock_spread.py; spread=$$?; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS); suite=$$?; \
+	if [ $$spread -ne 0 ]; then echo "the clock spread failed (see above)"; fi; \
+	exit $$(( spread || suite ))
+
+# Only the clock tests, once per instant of the spread.
+test-clock: $(STAMP)
+	$(BIN)/python tests/clock_spread.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --size $(SIZE)

@@ -1,17 +1,19 @@
 """The instant the clock-sensitive tests run at, and the spread of instants they must pass at.
 
 A test whose outcome could depend on when it runs (a shop generated "as of now", carts due
-relative to now, hour-of-day send windows, a day boundary) is marked ``clock`` and takes the
-``instant`` fixture: it generates its shop as of that instant and passes the same instant to
-every flow run as ``as_of`` (the outbox transport's rehearsal instant), so the wall clock never
-decides what it sees. A normal run uses ``PINNED``. ``pytest -m clock --instants=spread`` runs
-the same tests at every instant of ``SPREAD``: every 3 hours across one day, the European and
-the US daylight-saving switches in both directions, and a Monday 00:30 UTC. One instant is
-reproduced with ``REMARKETING_TEST_INSTANT=2026-03-29T00:30:00+00:00 pytest -m clock``.
+relative to now, hour-of-day send windows, a day boundary) is a *clock* test: it takes the
+``instant`` fixture (or, at module level, ``INSTANT``), generates its shop as of that instant and
+passes it (or a fixed time after it) to every flow run as ``as_of``, the outbox transport's
+rehearsal instant, so the wall clock never decides what it sees. ``INSTANT`` is ``PINNED`` unless
+``$REMARKETING_TEST_INSTANT`` names another; ``tests/clock_spread.py`` (``make test-clock``, and
+``make test`` under CI) runs every clock test once per instant of ``SPREAD``: every 3 hours across
+one day, the European and the US daylight-saving switches in both directions, and a Monday 00:30
+UTC. One instant is reproduced with
+``REMARKETING_TEST_INSTANT=2026-03-29T00:30:00+00:00 .venv/bin/python -m pytest -m clock``.
 
 Tests that cannot take an instant (the SendGrid transport refuses an ``as_of`` away from the
-clock) compare against what the code computes at the same wall-clock moment and open every
-send hour, so they pass at any hour.
+clock; Asset-triggered runs compute as of their run_after) open every send hour and compare with
+what the code computes at the same wall-clock moment, so they pass at any hour.
 """
 
 from __future__ import annotations
@@ -46,10 +48,4 @@ def parse_instant(text: str) -> datetime:
     return chosen
 
 
-def instants(mode: str) -> dict[str, datetime]:
-    """The instants a run covers: ``pinned`` (or the one in $REMARKETING_TEST_INSTANT) or ``spread``."""
-    if mode == "spread":
-        return dict(SPREAD)
-    if os.environ.get(ENV):
-        return {"env": parse_instant(os.environ[ENV])}
-    return {"pinned": PINNED}
+INSTANT = parse_instant(os.environ[ENV]) if os.environ.get(ENV) else PINNED

@@ -31,36 +31,24 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 _IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def pytest_addoption(parser):
-    parser.addoption(
-        "--instants",
-        choices=("pinned", "spread"),
-        default="pinned",
-        help="clock-sensitive tests (those taking the `instant` fixture) run at the pinned instant "
-        "(or $REMARKETING_TEST_INSTANT), or at every instant of tests/clock.py's SPREAD",
-    )
-
-
 def pytest_report_header(config):
-    from clock import instants
+    from clock import INSTANT
 
-    chosen = instants(config.getoption("--instants"))
-    return "clock-sensitive tests run at: " + ", ".join(f"{k}={v.isoformat()}" for k, v in chosen.items())
-
-
-def pytest_generate_tests(metafunc):
-    """``instant``: when a clock-sensitive test happens (tests/clock.py), one test id per instant."""
-    if "instant" in metafunc.fixturenames:
-        from clock import instants
-
-        chosen = instants(metafunc.config.getoption("--instants"))
-        metafunc.parametrize("instant", list(chosen.values()), ids=list(chosen), scope="session")
+    return f"clock tests run at {INSTANT.isoformat()} (tests/clock.py)"
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "instant" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.clock)
+
+
+@pytest.fixture(scope="session")
+def instant():
+    """When a clock test happens (tests/clock.py): its shop's clock and its runs' ``as_of``."""
+    from clock import INSTANT
+
+    return INSTANT
 
 
 def _create_metadata_database() -> tuple[str, str | None]:

@@ -44,3 +44,26 @@ def synthetic_market(code: str = "DE", **overrides):
     }
     body.update(overrides)
     return parse_markets({"markets": {code: body}})[code]
+
+
+def open_markets_config() -> dict:
+    """The shipped markets.yaml with every hour open and holidays not blocking: what a run sends then
+    does not depend on the hour or the day the tests run (send_windows has its own tests)."""
+    import yaml
+
+    from remarketing.markets import DEFAULT_MARKETS_FILE
+
+    raw = yaml.safe_load(DEFAULT_MARKETS_FILE.read_text())
+    for market in raw["markets"].values():
+        market["send_hours"] = dict(ALWAYS_OPEN)
+        market["quiet_hours"] = {"start": "00:00", "end": "00:00"}
+        market["holidays"]["policy"] = "target"
+    return raw
+
+
+def write_open_markets(path) -> str:
+    """``open_markets_config()`` written to ``path``; returns the path for REMARKETING_MARKETS_FILE."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(open_markets_config()))
+    return str(path)

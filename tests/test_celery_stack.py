@@ -96,6 +96,7 @@ def test_cart_recovery_and_lifecycle_segments_run_on_celery_through_the_rest_api
     from celery_stack import celery_stack, database_exists, processes_of
     from databases import fresh_postgres_database
     from fake_sendgrid import FakeSendGrid
+    from market_fixtures import write_open_markets
 
     from remarketing.runtime import airflow_conn_json
 
@@ -120,6 +121,8 @@ def test_cart_recovery_and_lifecycle_segments_run_on_celery_through_the_rest_api
             "REMARKETING_LINK_SECRET": SECRET,
             "REMARKETING_DATA_BASE": f"file://{tmp_path / 'data'}",
             "REMARKETING_RETRY_DELAY_SECONDS": "1",
+            # Every hour open: the runs use the wall clock, and some market must be sending whenever they do.
+            "REMARKETING_MARKETS_FILE": write_open_markets(tmp_path / "markets.yaml"),
             "AIRFLOW_CONN_REMARKETING_SLACK": json.dumps(
                 {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{slack.server_port}", "password": "T0/B0/x"}
             ),

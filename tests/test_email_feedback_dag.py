@@ -21,6 +21,7 @@ import yaml
 from conftest import sqlite_conn_env
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from market_fixtures import open_markets_config
 
 from remarketing.demo_store import generate_store, write_store
 from remarketing.feedback import event_json, store_batch
@@ -86,11 +87,13 @@ def test_email_feedback_syncs_paged_suppressions_and_stats_folds_events_and_repo
     now = datetime.now(UTC)
     engine = state_engine(run_data)
     upgrade(engine)
-    # A stored webhook batch: complaints in GB on top of what the stats say.
+    # A stored webhook batch: complaints in GB on top of what the stats say. They happened today
+    # (UTC), as the health check below expects, even in the first half hour of the day.
+    today_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     batch = events_for(
         [{"email": f"gb{i}@example.com", "ledger_key": f"x/1/c{i}/cart{i}/v1", "market": "GB"} for i in range(3)],
         "spamreport",
-        now - timedelta(minutes=30),
+        max(now - timedelta(minutes=30), today_start),
     )
     assert store_batch(engine, event_json(batch), now=now).suppressed == 3
     engine.dispose()
@@ -156,11 +159,7 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     frames = generate_store(customers=600, seed=11, as_of=instant)
     store = tmp_path / "store.db"
     write_store(frames, f"sqlite:///{store}")
-    config = yaml.safe_load((REPO / "include" / "markets.yaml").read_text())
-    for market in config["markets"].values():  # every hour open: what is sent must not depend on the clock
-        market["send_hours"] = {day: [0, 24] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-        market["quiet_hours"] = {"start": "00:00", "end": "00:00"}
-        market["holidays"]["policy"] = "target"
+    config = open_markets_config()  # every hour open: what is sent must not depend on the hour
     markets_file = tmp_path / "markets.yaml"
     markets_file.write_text(yaml.safe_dump(config))
     key = ec.generate_private_key(ec.SECP256R1())

@@ -19,6 +19,7 @@ import holidays
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from clock import INSTANT
 from conftest import sqlite_conn_env
 
 from remarketing.campaigns import FLOW, REASON_EXHAUSTED, load_members
@@ -28,10 +29,10 @@ from remarketing.profiles_store import write_profiles
 from remarketing.segments import compute_profiles, load_lifecycle_config
 from remarketing.state import create_state_engine, upgrade
 
-pytestmark = pytest.mark.airflow_run
+pytestmark = [pytest.mark.airflow_run, pytest.mark.clock]
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-link-secret-0123456789"
-NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+NOW = INSTANT  # the shop's clock; every run is a rehearsal at a working day after it (tests/clock.py)
 
 CONTENT = {
     "headline": {

@@ -756,10 +756,10 @@ def test_catalogues_are_complete_and_consistent():
 
 
 @pytest.fixture(scope="module")
-def demo_store():
+def demo_store(instant):
     from remarketing.demo_store import generate_store
 
-    return generate_store(400, seed=7)
+    return generate_store(400, seed=7, as_of=instant)
 
 
 def test_recovery_mails_for_demo_carts_in_every_market(renderer, markets, demo_store):

@@ -7,23 +7,24 @@ the outbox transport, and rehearsal instants (``as_of``) on working days.
 from __future__ import annotations
 
 import email
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from email import policy
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from clock import INSTANT
 from conftest import sqlite_conn_env
 from test_market_campaign_dag import working_instant
 
 from remarketing.demo_store import generate_store, write_store
 from remarketing.markets import load_markets
 
-pytestmark = pytest.mark.airflow_run
+pytestmark = [pytest.mark.airflow_run, pytest.mark.clock]
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-link-secret-0123456789"
-NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+NOW = INSTANT  # the shop's clock; every run is a rehearsal at a working day after it (tests/clock.py)
 MARKETS = ("US", "DE", "JP")
 
 
