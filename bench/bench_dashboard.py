@@ -19,11 +19,11 @@ from datetime import time as day_time
 from pathlib import Path
 
 from bench.run import entry
-from remarketing import state
-from remarketing.dashboard import load_dashboard
-from remarketing.dashboard_page import render_page
+from remarketing.dashboard.page import render_page
+from remarketing.dashboard.queries import load_dashboard
 from remarketing.delivery.ledger import ClaimContext, record_send_run
 from remarketing.markets import load_markets
+from remarketing.platform import state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # databases
 DAYS = 7

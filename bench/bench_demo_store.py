@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.run import entry
-from remarketing.demo_store import generate_store, write_store
+from demo_shop.generator import generate_store, write_store
 
 AS_OF = datetime(2026, 11, 22, 14, tzinfo=UTC)
 

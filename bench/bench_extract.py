@@ -17,9 +17,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench.run import entry
-from remarketing import snapshots, state
-from remarketing.demo_store import generate_store, write_store
-from remarketing.store_schema import CANONICAL_TABLES
+from demo_shop.generator import generate_store, write_store
+from remarketing.platform import state
+from remarketing.store import snapshots
+from remarketing.store.schema import CANONICAL_TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

@@ -17,15 +17,15 @@ import time
 from datetime import UTC, datetime
 
 from bench.run import entry
-from remarketing.cart_links import signed_cart_link
-from remarketing.markets import load_markets
-from remarketing.render import (
+from remarketing.content.cart_links import signed_cart_link
+from remarketing.content.engine import (
     SHARED_PLACEHOLDERS,
     MailRenderer,
     campaign_context,
     cart_recovery_context,
     substitutions_for,
 )
+from remarketing.markets import load_markets
 
 MAX_RENDERS = 5_000
 LOCALES = {"de-DE": "DE", "fr-FR": "FR", "en-GB": "GB", "en-US": "US", "ja-JP": "JP", "zh-CN": "CN", "pt-BR": "BR"}

@@ -25,11 +25,11 @@ import pandas as pd
 
 from bench.bench_delivery import FakeServer
 from bench.run import entry
-from remarketing import state
 from remarketing.delivery.messages import Message, Recipient
 from remarketing.delivery.retry import RetryPolicy
 from remarketing.delivery.send_step import send_market
 from remarketing.delivery.sendgrid_transport import SendGridTransport
+from remarketing.platform import state
 
 MAX_SIZE = 20_000
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # market_fixtures
@@ -80,9 +80,9 @@ def prebuilt(market) -> callable:
 
 
 def rendered(market) -> callable:
-    from remarketing.cart_links import signed_cart_link
-    from remarketing.render import MailRenderer, cart_recovery_context
-    from remarketing.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
+    from remarketing.content.cart_links import signed_cart_link
+    from remarketing.content.engine import MailRenderer, cart_recovery_context
+    from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
 
     renderer = MailRenderer()
     names = '{"de": "Wanderschuh Alpin", "en": "Alpine hiking boot"}'
@@ -131,8 +131,8 @@ def rendered(market) -> callable:
 
 
 def shared(market) -> callable:
-    from remarketing.render import MailRenderer, campaign_context, substitutions_for
-    from remarketing.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
+    from remarketing.content.engine import MailRenderer, campaign_context, substitutions_for
+    from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
 
     renderer = MailRenderer()
     placeholders = {"greeting": "greeting", "unsubscribe_url": "unsubscribe_url"}

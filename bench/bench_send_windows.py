@@ -23,7 +23,7 @@ import pandas as pd
 
 from bench.run import entry
 from remarketing.markets import WEEKDAYS, load_markets
-from remarketing.send_windows import SEND_AT_HORIZON, compute_send_at
+from remarketing.timing.send_windows import SEND_AT_HORIZON, compute_send_at
 
 LOOP_SAMPLE = 20_000
 NOW = datetime(2026, 3, 27, 8, 0, tzinfo=UTC)

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.run import entry
-from remarketing.extract import arrow_schema
 from remarketing.markets import load_markets
-from remarketing.store_schema import CANONICAL_TABLES
-from remarketing.validation import validate_store
+from remarketing.store.extract import arrow_schema
+from remarketing.store.schema import CANONICAL_TABLES
+from remarketing.store.validation.run import validate_store
 
 NOW = datetime(2026, 3, 27, 8, 0, tzinfo=UTC)
 PRODUCTS = 5_000

@@ -35,9 +35,9 @@ per market: gate status, delivered, bounces, spam reports, opens, clicks and the
 
 from airflow.sdk import Asset, dag, task
 
-from remarketing.dag_defaults import START_DATE, default_args
-from remarketing.dag_parts import markets_param, sync_suppressions
-from remarketing.notify import dag_failure_callback
+from remarketing.platform.dag_defaults import START_DATE, default_args
+from remarketing.platform.dag_parts import markets_param, sync_suppressions
+from remarketing.platform.notify import dag_failure_callback
 
 EMAIL_FEEDBACK = Asset("email_feedback")
 
@@ -59,14 +59,14 @@ def email_feedback():
     @task
     def fold_events() -> dict:
         """Stored webhook batches into events, ledger outcomes, engagement and market health."""
-        from remarketing.feedback_run import fold_events
+        from remarketing.flows.feedback.tasks import fold_events
 
         return fold_events()
 
     @task(outlets=[EMAIL_FEEDBACK])
     def market_health(params: dict | None = None) -> list[dict]:
         """Each market's gate verdict from the stored health, as a table in the log."""
-        from remarketing.feedback_run import market_health_report
+        from remarketing.flows.feedback.tasks import market_health_report
 
         return market_health_report(params["markets"])
 

@@ -57,10 +57,10 @@ per market and the stage transitions of the run.
 
 from airflow.sdk import Param, dag, task
 
-from remarketing.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
-from remarketing.dag_defaults import START_DATE, default_args
-from remarketing.dag_parts import store_extract_and_validate
-from remarketing.notify import dag_failure_callback
+from remarketing.platform.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
+from remarketing.platform.dag_defaults import START_DATE, default_args
+from remarketing.platform.dag_parts import store_extract_and_validate
+from remarketing.platform.notify import dag_failure_callback
 
 
 @dag(
@@ -88,7 +88,7 @@ def lifecycle_segments():
         validated: dict, params: dict | None = None, run_id: str | None = None, data_interval_end=None, dag_run=None
     ):
         """Stages, RFM, tags and predictions per customer; upserted, with transitions kept as history."""
-        from remarketing.segments_run import build_profiles, resolve_as_of
+        from remarketing.profiles.tasks import build_profiles, resolve_as_of
 
         as_of = resolve_as_of(
             params.get("as_of"), data_interval_end=data_interval_end, run_after=getattr(dag_run, "run_after", None)

@@ -59,12 +59,12 @@ from pathlib import Path
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
-from remarketing.assets import CUSTOMER_PROFILES
-from remarketing.dag_defaults import INCLUDE, START_DATE, default_args
-from remarketing.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
-from remarketing.notify import dag_failure_callback
+from remarketing.platform.assets import CUSTOMER_PROFILES
+from remarketing.platform.dag_defaults import INCLUDE, START_DATE, default_args
+from remarketing.platform.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
+from remarketing.platform.notify import dag_failure_callback
 
-CAMPAIGN_ID_PATTERN = "^[a-z0-9][a-z0-9-]{2,62}$"  # remarketing.campaigns (tested equal)
+CAMPAIGN_ID_PATTERN = "^[a-z0-9][a-z0-9-]{2,62}$"  # remarketing.flows.campaigns.audience (tested equal)
 VARIANT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,31}$"
 STAGES = ["prospect", "new", "active", "vip", "at_risk", "dormant"]
 TEMPLATES = ["campaign/generic"]
@@ -226,9 +226,9 @@ def market_campaign():
         """Targets, holdout, rotation and A/B arms per campaign and market; XCom: paths and counts."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from remarketing.campaign_run import plan_campaigns
-        from remarketing.campaigns import CampaignError
-        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.delivery.tasks import DeliverySetupError
+        from remarketing.flows.campaigns.audience import CampaignError
+        from remarketing.flows.campaigns.tasks import plan_campaigns
 
         try:
             return plan_campaigns(validated, params=params, run_id=run_id)
@@ -240,9 +240,9 @@ def market_campaign():
         """Gate, windows, render (shared content), ledger, send for one market's campaigns."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from remarketing.campaign_run import send_campaign_market
-        from remarketing.campaigns import CampaignError
-        from remarketing.delivery_run import DeliverySetupError
+        from remarketing.delivery.tasks import DeliverySetupError
+        from remarketing.flows.campaigns.audience import CampaignError
+        from remarketing.flows.campaigns.tasks import send_campaign_market
 
         try:
             return send_campaign_market(job, run_id=run_id, try_number=ti.try_number, dry_run=params["dry_run"])
@@ -252,7 +252,7 @@ def market_campaign():
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def summarize(results: list[dict] | None = None) -> dict:
         """One table for all campaigns and markets."""
-        from remarketing.campaign_run import summarize
+        from remarketing.flows.campaigns.tasks import summarize
 
         return summarize(list(results[:]) if results else [])
 

@@ -40,10 +40,10 @@ column fails at once with a message naming the connection and the table.
 
 from airflow.sdk import Param, dag, task
 
-from remarketing.assets import STORE_SNAPSHOT
-from remarketing.dag_defaults import START_DATE, STORE_TABLES, default_args
-from remarketing.dag_parts import store_extract_and_validate
-from remarketing.notify import dag_failure_callback
+from remarketing.platform.assets import STORE_SNAPSHOT
+from remarketing.platform.dag_defaults import START_DATE, STORE_TABLES, default_args
+from remarketing.platform.dag_parts import store_extract_and_validate
+from remarketing.platform.notify import dag_failure_callback
 
 
 @dag(
@@ -78,7 +78,7 @@ def store_snapshot():
     @task(outlets=[STORE_SNAPSHOT])
     def summarize(validated: dict) -> dict:
         """Log one line per table and publish the snapshot Asset."""
-        from remarketing.snapshots import summary_table
+        from remarketing.store.snapshots import summary_table
 
         print(summary_table(validated["snapshots"]))
         return {t: {"clean": v["clean"], "quarantined": v["quarantined"]} for t, v in validated["tables"].items()}

@@ -3,7 +3,7 @@
 A FastAPI app served by Airflow's API server under ``/remarketing``, shown in the UI's nav bar
 as *Remarketing* (an external view with ``url_route``: the UI frames it at ``/plugin/remarketing``).
 Numbers are read from the remarketing DB (connection ``remarketing_db``) and the market
-configuration; see ``remarketing.dashboard`` for what each one counts.
+configuration; see ``remarketing.dashboard.queries`` for what each one counts.
 
 Access follows Airflow's own login: the page reads the UI's session cookie (or a bearer token)
 and asks the auth manager whether the user may see the custom view ``Remarketing``
@@ -58,7 +58,7 @@ async def airflow_user_may_view(request: Request) -> None:
 
 def _state_engine():
     """The remarketing DB, schema brought up to date once per process."""
-    from remarketing.runtime import migrated_remarketing_engine
+    from remarketing.platform.runtime import migrated_remarketing_engine
 
     return migrated_remarketing_engine()
 
@@ -88,7 +88,7 @@ def create_app(
             return engines["engine"]
 
     def load(day: date | None):
-        from remarketing.dashboard import load_dashboard
+        from remarketing.dashboard.queries import load_dashboard
 
         now = clock()
         return load_dashboard(engine(), markets_loader(), day or now.astimezone(UTC).date(), now=now)
@@ -114,7 +114,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)])
     async def page(request: Request, day: Day = None):
-        from remarketing.dashboard_page import render_page
+        from remarketing.dashboard.page import render_page
 
         dashboard = await run_in_threadpool(load, day)
         html = await run_in_threadpool(render_page, dashboard, base=request.scope.get("root_path", ""))

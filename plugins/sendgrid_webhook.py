@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from remarketing.webhook import (
+from remarketing.flows.feedback.webhook import (
     DEFAULT_MAX_AGE,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
@@ -57,7 +57,7 @@ def _configured_key() -> str:
 
 def _state_engine_for(url: str):
     """The remarketing DB at ``url``, schema brought up to date once per process and URL."""
-    from remarketing.state import create_state_engine, upgrade
+    from remarketing.platform.state import create_state_engine, upgrade
 
     engine = create_state_engine(url)
     upgrade(engine)
@@ -87,7 +87,7 @@ def create_app(
         """The given engine, or the ``remarketing_db`` connection's: an edited connection is used at once."""
         if engine_factory is not None:
             return resource("engine", engine_factory)
-        from remarketing.runtime import remarketing_url
+        from remarketing.platform.runtime import remarketing_url
 
         url = remarketing_url()
         return resource(("engine", url), lambda: _state_engine_for(url))
@@ -133,7 +133,7 @@ def create_app(
             return refuse(400, str(exc))
 
         def store():
-            from remarketing.feedback import store_batch
+            from remarketing.flows.feedback.store import store_batch
 
             return store_batch(state_engine(), body, parsed, now=clock())
 

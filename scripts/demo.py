@@ -33,7 +33,7 @@ DEMO_LINK_SECRET = "demo-link-secret-change-me-in-production"
 
 
 def airflow_env() -> dict[str, str]:
-    from remarketing.runtime import airflow_conn_json
+    from remarketing.platform.runtime import airflow_conn_json
 
     env = os.environ.copy()
     env.update(
@@ -70,7 +70,7 @@ def run_logged(args: list[str], log: Path, env: dict[str, str]) -> None:
 
 
 def generate(customers: int, seed: int) -> None:
-    from remarketing.demo_store import generate_store, write_store
+    from demo_shop.generator import generate_store, write_store
 
     step(f"generating a demo store: {customers} customers, seed {seed} -> {STORE_DB.relative_to(ROOT)}")
     started = time.perf_counter()

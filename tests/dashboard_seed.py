@@ -20,8 +20,8 @@ from remarketing.delivery import ledger
 from remarketing.delivery.gate import refresh_market_health
 from remarketing.delivery.ledger import ClaimContext
 from remarketing.delivery.messages import SendResult
-from remarketing.feedback import send_outcomes
-from remarketing.recovery_store import record_attributions
+from remarketing.flows.cart_recovery.store import record_attributions
+from remarketing.flows.feedback.store import send_outcomes
 
 # Per market: the day's send runs (flow, run id, try -> outcome counts), the fate of the mails
 # accepted in the last try, SendGrid's stats over the gate window, and recovered orders.

@@ -72,7 +72,7 @@ def fresh_mariadb_database(prefix: str = "rmk"):
 
 def migrated_sqlite_engine(path) -> sa.Engine:
     """A remarketing DB in a SQLite file, schema at head."""
-    from remarketing import state
+    from remarketing.platform import state
 
     engine = state.create_state_engine(f"sqlite:///{path}")
     state.upgrade(engine)
@@ -82,7 +82,7 @@ def migrated_sqlite_engine(path) -> sa.Engine:
 @contextmanager
 def migrated_postgres_database(prefix: str = "rmk"):
     """The URL of a fresh PostgreSQL database with the remarketing schema at head; dropped on exit."""
-    from remarketing import state
+    from remarketing.platform import state
 
     with fresh_postgres_database(prefix) as url:
         engine = state.create_state_engine(url)
@@ -96,7 +96,7 @@ def state_engine(kind: str, tmp_path, request, tables: tuple[str, ...]) -> sa.En
     (fixture ``postgres_url``, one per module because creating one costs seconds) with ``tables`` emptied."""
     if kind == "sqlite":
         return migrated_sqlite_engine(tmp_path / "remarketing.db")
-    from remarketing import state
+    from remarketing.platform import state
 
     engine = state.create_state_engine(request.getfixturevalue("postgres_url"))
     with engine.begin() as conn:

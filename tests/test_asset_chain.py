@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 from conftest import sqlite_conn_env
 
-from remarketing.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
-from remarketing.demo_store import generate_store, write_store
+from demo_shop.generator import generate_store, write_store
+from remarketing.platform.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
 
 pytestmark = pytest.mark.airflow_run
 REPO = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ import pytest
 from bad_input.cases import CASES, NOW, ROW_CASES, TABLE_CASES, Accepted, Quarantined, Store, TableFails
 
 from remarketing.markets import load_markets
-from remarketing.store_schema import CANONICAL_TABLES
-from remarketing.validation import FeedBroken, ValidationPolicy, validate_store
+from remarketing.store.schema import CANONICAL_TABLES
+from remarketing.store.validation.run import FeedBroken, ValidationPolicy, validate_store
 
 
 def _read(path: str | None) -> list[dict]:

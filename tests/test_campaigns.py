@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from remarketing import campaigns as c
+from remarketing.flows.campaigns import audience as c
 from remarketing.markets import load_markets
-from remarketing.segments import STAGES
-from remarketing.state import create_state_engine, upgrade
+from remarketing.platform.state import create_state_engine, upgrade
+from remarketing.profiles.lifecycle import STAGES
 
 NOW = datetime(2026, 11, 24, 9, tzinfo=UTC)
 TEXTS = {
@@ -269,7 +269,7 @@ def test_variant_history_reads_the_ledger_and_skips_retryable_rejections(tmp_pat
 
 
 def test_welcome_audience_once_per_customer_and_reminder_only_without_an_order():
-    from remarketing.welcome_run import welcome_audience
+    from remarketing.flows.welcome.tasks import welcome_audience
 
     markets = load_markets()
     people = customers(range(1, 7)).assign(market="US", registered_at=NOW - timedelta(days=2))

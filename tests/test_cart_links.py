@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remarketing import cart_links
-from remarketing.cart_links import (
+from remarketing.content import cart_links
+from remarketing.content.cart_links import (
     CartToken,
     InvalidCartToken,
     cart_link,

@@ -23,11 +23,11 @@ import sqlalchemy as sa
 from conftest import sqlite_conn_env
 from market_fixtures import write_open_markets
 
-from remarketing.cart_links import InvalidCartToken, verify_cart_token
-from remarketing.demo_store import generate_store, write_store
-from remarketing.flows import load_flows
+from demo_shop.generator import generate_store, write_store
+from remarketing.content.cart_links import InvalidCartToken, verify_cart_token
+from remarketing.flows.cart_recovery.audience import scan_carts
+from remarketing.flows.cart_recovery.config import load_flows
 from remarketing.markets import load_markets
-from remarketing.recovery import scan_carts
 
 pytestmark = pytest.mark.airflow_run
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def test_recovery_through_sendgrid_from_a_postgres_store(airflow_metadata, run_d
     from databases import fresh_postgres_database
     from fake_sendgrid import FakeSendGrid
 
-    from remarketing.runtime import airflow_conn_json
+    from remarketing.platform.runtime import airflow_conn_json
 
     frames = demo_shop(datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
     with fresh_postgres_database("rmk_store") as store_url, fresh_postgres_database("rmk_state") as state_url:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from remarketing.clv import (
+from demo_shop.generator import generate_store
+from remarketing.profiles.clv import (
     BgNbdParams,
     ModelFit,
     ModelInputError,
@@ -23,7 +24,6 @@ from remarketing.clv import (
     p_alive,
     simulate_bgnbd,
 )
-from remarketing.demo_store import generate_store
 
 ONES = BgNbdParams(1.0, 1.0, 1.0, 1.0)
 TRUE = BgNbdParams(r=0.8, alpha=40.0, a=0.7, b=2.5)
@@ -206,7 +206,7 @@ def test_calibration_counts_actual_purchase_days_in_the_horizon():
 
 @pytest.mark.parametrize(("a", "b"), [(0.7, 2.5), (1.0, 1.0), (0.5, 0.5), (0.2, 0.8), (5.0, 400.0), (0.7, 2e5)])
 def test_beta_quadrature_integrates_beta_moments(a, b):
-    from remarketing.clv import _beta_nodes
+    from remarketing.profiles.clv import _beta_nodes
 
     p, w = _beta_nodes(a, b, 32)
     assert np.isfinite(p).all() and np.isfinite(w).all() and w.sum() == pytest.approx(1.0)

@@ -100,14 +100,14 @@ def asset_edges(dag_bag) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
 
 
 def test_assets_chain_snapshot_profiles_and_campaigns(dag_bag):
-    from remarketing.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
+    from remarketing.platform.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
 
     produces, consumes = asset_edges(dag_bag)
     assert ("store_snapshot", STORE_SNAPSHOT.name) in produces
     assert (STORE_SNAPSHOT.name, "lifecycle_segments") in consumes
     assert ("lifecycle_segments", CUSTOMER_PROFILES.name) in produces
     assert (CUSTOMER_PROFILES.name, "market_campaign") in consumes
-    # The very objects of remarketing.assets: producer outlets and consumer schedules cannot drift.
+    # The very objects of remarketing.platform.assets: producer outlets and consumer schedules cannot drift.
     outlets = {
         dag_id: [o for t in dag_bag.dags[dag_id].tasks for o in t.outlets]
         for dag_id in ("store_snapshot", "lifecycle_segments")

@@ -1,4 +1,4 @@
-"""The Remarketing page's numbers (remarketing.dashboard), its HTML and its app, without a browser.
+"""The Remarketing page's numbers (remarketing.dashboard.queries), its HTML and its app, without a browser.
 
 The seeded day (tests/dashboard_seed.py) is written through the project's own writers into
 SQLite and PostgreSQL; tests/test_remarketing_page.py shows the same page inside Airflow's UI.
@@ -19,12 +19,12 @@ from databases import migrated_postgres_database, migrated_sqlite_engine
 from fastapi import HTTPException, Request
 from fastapi.testclient import TestClient
 
-from remarketing import state
-from remarketing.dashboard import load_dashboard
-from remarketing.dashboard_page import render_page
+from remarketing.dashboard.page import render_page
+from remarketing.dashboard.queries import load_dashboard
 from remarketing.delivery import ledger
 from remarketing.delivery.ledger import ClaimContext
 from remarketing.markets import load_markets
+from remarketing.platform import state
 
 DAY = date(2026, 11, 20)
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)

@@ -18,9 +18,9 @@ import pytest
 import sqlalchemy as sa
 from databases import fresh_mariadb_database, fresh_postgres_database
 
-from remarketing.demo_store import generate_store, main, store_summary, write_store
+from demo_shop.generator import generate_store, main, store_summary, write_store
 from remarketing.markets import load_markets
-from remarketing.store_schema import CANONICAL_TABLES, metadata
+from remarketing.store.schema import CANONICAL_TABLES, metadata
 
 AS_OF = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
 NOW = pd.Timestamp(AS_OF)

@@ -442,7 +442,7 @@ def test_airflow_init_creates_every_connection_the_code_reads(services, tmp_path
 def test_airflow_init_creates_the_alert_channels_when_configured(services, tmp_path):
     from airflow.secrets.local_filesystem import load_connections_dict
 
-    from remarketing.notify import ALERT_EMAILS_VARIABLE, SLACK_CONN_ID, SMTP_CONN_ID
+    from remarketing.platform.notify import ALERT_EMAILS_VARIABLE, SLACK_CONN_ID, SMTP_CONN_ID
 
     env = {
         "STORE_DB_URI": "postgresql://u:p@shop/shop",

@@ -23,15 +23,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from market_fixtures import open_markets_config
 
-from remarketing.demo_store import generate_store, write_store
-from remarketing.feedback import event_json, store_batch
-from remarketing.flows import load_flows
+from demo_shop.generator import generate_store, write_store
+from remarketing.flows.cart_recovery.audience import scan_carts
+from remarketing.flows.cart_recovery.config import load_flows
+from remarketing.flows.cart_recovery.tasks import ledger_history
+from remarketing.flows.feedback.store import event_json, store_batch
+from remarketing.flows.feedback.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from remarketing.markets import load_markets
-from remarketing.recovery import scan_carts
-from remarketing.recovery_run import ledger_history
-from remarketing.send_windows import resolve_time_zones
-from remarketing.state import create_state_engine, upgrade
-from remarketing.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from remarketing.platform.state import create_state_engine, upgrade
+from remarketing.timing.send_windows import resolve_time_zones
 
 pytestmark = pytest.mark.airflow_run
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def sign(private_key, body: bytes) -> dict[str, str]:
 
 
 def outcomes(run_data: Path, run_id: str) -> pd.DataFrame:
-    from remarketing.snapshots import run_folder_name
+    from remarketing.store.snapshots import run_folder_name
 
     folder = run_data / "sends" / "cart_recovery" / run_folder_name(run_id)
     parts = []
@@ -259,7 +259,7 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     assert (result["market"] == halted).any(), "the halted market had carts due"
     mine = result[result["customer_id"] == str(int(bounced["customer_id"]))]
     assert not mine.empty and set(mine["outcome"]) == {"suppressed"}
-    from remarketing.snapshots import run_folder_name
+    from remarketing.store.snapshots import run_folder_name
 
     audience = pd.read_parquet(
         run_data / "audiences" / "cart_recovery" / run_folder_name(later.run_id) / f"market={engaged_market}.parquet"

@@ -15,8 +15,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import run_record
 
-from remarketing import extract, snapshots, state
-from remarketing.store_schema import metadata
+from remarketing.platform import state
+from remarketing.store import extract, snapshots
+from remarketing.store.schema import metadata
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -232,7 +233,7 @@ def test_a_missing_column_fails_permanently_naming_connection_and_table(store, s
 
 
 def test_an_unreachable_store_is_a_retryable_error_naming_the_connection(monkeypatch):
-    from remarketing import runtime
+    from remarketing.platform import runtime
 
     monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", "postgres://nobody@127.0.0.1:1/shop")
     with pytest.raises(extract.StoreExtractError) as failure:
@@ -243,7 +244,7 @@ def test_an_unreachable_store_is_a_retryable_error_naming_the_connection(monkeyp
 
 
 def test_a_connection_of_the_wrong_type_is_refused_by_name(monkeypatch):
-    from remarketing import runtime
+    from remarketing.platform import runtime
 
     monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", "http://shop.example.com")
     with pytest.raises(extract.StoreExtractError) as failure:
@@ -254,7 +255,7 @@ def test_a_connection_of_the_wrong_type_is_refused_by_name(monkeypatch):
 
 
 def test_an_undefined_connection_is_refused_by_name(monkeypatch):
-    from remarketing import runtime
+    from remarketing.platform import runtime
 
     monkeypatch.delenv("AIRFLOW_CONN_STORE_DB", raising=False)
     with pytest.raises(extract.StoreExtractError) as failure:
@@ -266,7 +267,7 @@ def test_an_undefined_connection_is_refused_by_name(monkeypatch):
 def test_a_missing_sqlite_store_file_is_not_created_silently(monkeypatch, tmp_path):
     from conftest import sqlite_conn_env
 
-    from remarketing import runtime
+    from remarketing.platform import runtime
 
     missing = tmp_path / "nope.db"
     monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", sqlite_conn_env(missing))

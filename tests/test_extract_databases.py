@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from databases import fresh_mariadb_database, fresh_postgres_database
 
-from remarketing import runtime, snapshots, state
-from remarketing.demo_store import generate_store, write_store
-from remarketing.store_schema import CANONICAL_TABLES, metadata
+from demo_shop.generator import generate_store, write_store
+from remarketing.platform import runtime, state
+from remarketing.store import snapshots
+from remarketing.store.schema import CANONICAL_TABLES, metadata
 
 AS_OF = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 BACKENDS = ("sqlite", "postgresql", "mariadb")

@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
-from remarketing import state
 from remarketing.delivery import ledger
 from remarketing.delivery.gate import check_market, health_totals, market_health, refresh_market_health
 from remarketing.delivery.messages import Message, Recipient
@@ -22,7 +21,7 @@ from remarketing.delivery.send_step import send_market
 from remarketing.delivery.sendgrid_api import SendGridApi
 from remarketing.delivery.sendgrid_transport import SendGridTransport
 from remarketing.delivery.suppressions import suppression_reasons, suppression_sync, suppressions, sync_suppressions
-from remarketing.feedback import (
+from remarketing.flows.feedback.store import (
     FeedbackError,
     apply_suppressions,
     best_hours,
@@ -37,6 +36,7 @@ from remarketing.feedback import (
     store_batch,
 )
 from remarketing.markets import MarketConfig, parse_markets
+from remarketing.platform import state
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # Friday 11:00 in Berlin
 FLOW = "cart_recovery"

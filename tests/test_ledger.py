@@ -13,10 +13,10 @@ from alembic import command
 from alembic.config import Config
 from databases import fresh_postgres_database, migrated_postgres_database, state_engine
 
-from remarketing import state
 from remarketing.delivery import ledger
 from remarketing.delivery.ledger import ClaimContext, LedgerError
 from remarketing.delivery.messages import SendResult
+from remarketing.platform import state
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from conftest import sqlite_conn_env
 
-from remarketing.demo_store import generate_store, write_store
-from remarketing.segments import STAGES, describe_config, load_lifecycle_config
+from demo_shop.generator import generate_store, write_store
+from remarketing.profiles.lifecycle import STAGES, describe_config, load_lifecycle_config
 
 pytestmark = pytest.mark.airflow_run
 REPO = Path(__file__).resolve().parents[1]

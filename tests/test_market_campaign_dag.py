@@ -22,12 +22,12 @@ import sqlalchemy as sa
 from clock import INSTANT
 from conftest import sqlite_conn_env
 
-from remarketing.campaigns import FLOW, REASON_EXHAUSTED, load_members
-from remarketing.demo_store import generate_store, write_store
+from demo_shop.generator import generate_store, write_store
+from remarketing.flows.campaigns.audience import FLOW, REASON_EXHAUSTED, load_members
 from remarketing.markets import load_markets
-from remarketing.profiles_store import write_profiles
-from remarketing.segments import compute_profiles, load_lifecycle_config
-from remarketing.state import create_state_engine, upgrade
+from remarketing.platform.state import create_state_engine, upgrade
+from remarketing.profiles.lifecycle import compute_profiles, load_lifecycle_config
+from remarketing.profiles.store import write_profiles
 
 pytestmark = [pytest.mark.airflow_run, pytest.mark.clock]
 REPO = Path(__file__).resolve().parents[1]
@@ -367,7 +367,7 @@ def test_a_calendar_date_seen_by_two_runs_is_one_round(shop, run_data, dag, tmp_
     Without this rule the frequency cap would still stop most second mails ("capped"); the
     outcome here must be the rotation's own "already_sent" for this date.
     """
-    from remarketing.campaigns import REASON_THIS_DATE
+    from remarketing.flows.campaigns.audience import REASON_THIS_DATE
 
     day_before = working_instant(13, ("DE",))
     send_day = working_instant(13, ("DE",), after=day_before.date())

@@ -91,7 +91,7 @@ def test_a_missing_or_broken_file_is_reported_with_its_path(tmp_path):
 
 def test_brazil_blocks_carnival_from_the_shipped_config():
     """Carnival is an 'optional' holiday in the calendar; BR's config counts it as blocking."""
-    from remarketing.send_windows import compute_send_at
+    from remarketing.timing.send_windows import compute_send_at
 
     # Carnival 2027: Mon 8 and Tue 9 February; Ash Wednesday the 10th is optional too.
     audience = pd.DataFrame(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from remarketing import notify
+from remarketing.platform import notify
 
 REPO = Path(__file__).resolve().parents[1]
 WEBHOOK_TOKEN = "T000/B000/secret"
@@ -144,7 +144,7 @@ HALTED = {"status": "halted", "reasons": ["bounce rate 7.50% over the last 7 day
 def test_nothing_is_configured_by_default_so_nothing_is_sent(caplog, capfd):
     alert = notify.halt_alert("cart_recovery", "DE", HALTED, "manual__1")
     assert notify.configured_notifiers(alert) == []
-    with caplog.at_level("INFO", logger="remarketing.notify"):
+    with caplog.at_level("INFO", logger="remarketing.platform.notify"):
         assert notify.send_alert(alert) == {}
     assert "no notification channel configured" in logged(caplog, capfd)
 
@@ -176,7 +176,7 @@ def test_email_goes_to_every_recipient_of_the_variable_from_the_configured_sende
 
 def test_smtp_without_recipients_warns_instead_of_dropping_the_alert_silently(smtp, monkeypatch, caplog, capfd):
     monkeypatch.delenv("AIRFLOW_VAR_REMARKETING_ALERT_EMAILS")
-    with caplog.at_level("WARNING", logger="remarketing.notify"):
+    with caplog.at_level("WARNING", logger="remarketing.platform.notify"):
         assert notify.send_alert(notify.halt_alert("cart_recovery", "FR", HALTED, "r")) == {}
     assert "remarketing_alert_emails" in logged(caplog, capfd)
     assert smtp.mails == []
@@ -187,7 +187,7 @@ def test_a_broken_channel_is_reported_and_the_other_still_delivers(smtp, monkeyp
     conn = {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{broken.server_port}", "password": WEBHOOK_TOKEN}
     monkeypatch.setenv("AIRFLOW_CONN_REMARKETING_SLACK", json.dumps(conn))
     try:
-        with caplog.at_level("ERROR", logger="remarketing.notify"):
+        with caplog.at_level("ERROR", logger="remarketing.platform.notify"):
             outcome = notify.send_alert(notify.halt_alert("cart_recovery", "GB", HALTED, "r"))
     finally:
         broken.shutdown()

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from remarketing.flows import DEFAULT_FLOWS_FILE, FlowConfigError, load_flows, parse_flows
+from remarketing.flows.cart_recovery.audience import attribute_orders, recovery_audience, scan_carts
+from remarketing.flows.cart_recovery.config import DEFAULT_FLOWS_FILE, FlowConfigError, load_flows, parse_flows
 from remarketing.markets import load_markets
-from remarketing.recovery import attribute_orders, recovery_audience, scan_carts
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 CONFIG = load_flows().cart_recovery
@@ -227,7 +227,7 @@ def test_step_three_only_for_carts_above_the_market_threshold_then_the_sequence_
 
 
 def test_every_scanned_cart_has_exactly_one_reason_on_the_demo_store():
-    from remarketing.demo_store import generate_store
+    from demo_shop.generator import generate_store
 
     frames = generate_store(400, seed=3, as_of=NOW)
     result = scan(frames)
@@ -274,7 +274,7 @@ def test_flow_config_errors_name_the_field():
 @pytest.fixture(scope="module")
 def live_store(tmp_path_factory):
     """A demo store in SQLite and the carts due in it."""
-    from remarketing.demo_store import generate_store, write_store
+    from demo_shop.generator import generate_store, write_store
 
     frames = generate_store(300, seed=11, as_of=NOW)
     path = tmp_path_factory.mktemp("store") / "store.db"
@@ -285,7 +285,7 @@ def live_store(tmp_path_factory):
 def test_the_live_recheck_finds_nothing_new_when_the_store_did_not_change(live_store):
     import sqlite3
 
-    from remarketing.recovery import recheck_converted
+    from remarketing.flows.cart_recovery.audience import recheck_converted
 
     path, _frames, due = live_store
     with sqlite3.connect(path) as conn:
@@ -296,7 +296,7 @@ def test_the_live_recheck_sees_an_order_placed_after_the_scan(live_store, tmp_pa
     import shutil
     import sqlite3
 
-    from remarketing.recovery import recheck_converted
+    from remarketing.flows.cart_recovery.audience import recheck_converted
 
     path, frames, due = live_store
     copy_path = tmp_path / "store.db"

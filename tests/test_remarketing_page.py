@@ -46,8 +46,8 @@ def seeded():
     from dashboard_seed import seed_day
     from databases import fresh_postgres_database
 
-    from remarketing import state
     from remarketing.markets import load_markets
+    from remarketing.platform import state
 
     day = datetime.now(UTC).date()
     with fresh_postgres_database("rmk_page") as url:
@@ -62,7 +62,7 @@ def seeded():
 def api_server(seeded, tmp_path_factory):
     from celery_stack import celery_stack
 
-    from remarketing.runtime import airflow_conn_json
+    from remarketing.platform.runtime import airflow_conn_json
 
     url, _day = seeded
     logs = tmp_path_factory.mktemp("page-stack-logs")

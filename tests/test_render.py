@@ -13,9 +13,8 @@ import pytest
 from babel.messages.pofile import read_po
 from markupsafe import escape
 
-from remarketing.cart_links import recovery_utm, sign_cart_token, signed_cart_link, verify_cart_token
-from remarketing.markets import load_markets
-from remarketing.render import (
+from remarketing.content.cart_links import recovery_utm, sign_cart_token, signed_cart_link, verify_cart_token
+from remarketing.content.engine import (
     LOCALE_DIR,
     MAX_HTML_BYTES,
     SHARED_PLACEHOLDERS,
@@ -29,6 +28,7 @@ from remarketing.render import (
     substitutions_for,
     welcome_context,
 )
+from remarketing.markets import load_markets
 
 MAILS = (
     "cart_recovery/step1",
@@ -757,7 +757,7 @@ def test_catalogues_are_complete_and_consistent():
 
 @pytest.fixture(scope="module")
 def demo_store(instant):
-    from remarketing.demo_store import generate_store
+    from demo_shop.generator import generate_store
 
     return generate_store(400, seed=7, as_of=instant)
 

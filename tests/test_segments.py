@@ -13,12 +13,11 @@ import sqlalchemy as sa
 import yaml
 from databases import fresh_postgres_database
 
-from remarketing import state
-from remarketing.clv import BgNbdParams, ModelFit, p_alive
-from remarketing.demo_store import generate_store
+from demo_shop.generator import generate_store
 from remarketing.markets import load_markets
-from remarketing.profiles_store import load_profiles, segment_history, transitions_since, write_profiles
-from remarketing.segments import (
+from remarketing.platform import state
+from remarketing.profiles.clv import BgNbdParams, ModelFit, p_alive
+from remarketing.profiles.lifecycle import (
     DEFAULT_LIFECYCLE_FILE,
     PROFILE_COLUMNS,
     STAGES,
@@ -31,6 +30,7 @@ from remarketing.segments import (
     parse_lifecycle_config,
     stage_transitions,
 )
+from remarketing.profiles.store import load_profiles, segment_history, transitions_since, write_profiles
 
 AS_OF = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -657,7 +657,7 @@ def test_a_runs_as_of_is_the_param_else_its_data_interval_end_else_its_run_after
     """lifecycle_segments is Asset-triggered: such a run has no data interval, only run_after."""
     import pendulum
 
-    from remarketing.segments_run import resolve_as_of
+    from remarketing.profiles.tasks import resolve_as_of
 
     end = pendulum.datetime(2026, 11, 22, tz="UTC")
     after = datetime(2026, 11, 22, 0, 31, 5, tzinfo=UTC)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remarketing.markets import load_markets
-from remarketing.segments import (
+from remarketing.profiles.lifecycle import (
     DEFAULT_LIFECYCLE_FILE,
     STAGES,
     _scores,

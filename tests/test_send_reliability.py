@@ -32,13 +32,13 @@ from databases import fresh_postgres_database  # tests/ is on sys.path: conftest
 from fake_sendgrid import FakeSendGrid
 from market_fixtures import TEST_SENDER, synthetic_market
 
-from remarketing import state
 from remarketing.delivery import ledger
 from remarketing.delivery.messages import Message, Recipient
 from remarketing.delivery.retry import RetryPolicy
 from remarketing.delivery.send_step import send_market
 from remarketing.delivery.sendgrid_api import SendGridApi
 from remarketing.delivery.sendgrid_transport import SendGridTransport
+from remarketing.platform import state
 
 FLOW = "cart_recovery"
 SIZE = 10_000

@@ -14,7 +14,7 @@ import pytest
 from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
 from remarketing.markets import load_markets, parse_markets
-from remarketing.send_windows import (
+from remarketing.timing.send_windows import (
     DEFAULT_HOUR_CURVE,
     REASON_BEYOND_HORIZON,
     REASON_INVALID_ZONE,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
 from remarketing.markets import WEEKDAYS, parse_markets
-from remarketing.send_windows import REASON_BEYOND_HORIZON, compute_send_at
+from remarketing.timing.send_windows import REASON_BEYOND_HORIZON, compute_send_at
 
 HORIZON = timedelta(hours=72)
 # Zones with DST at 02:00/03:00, at midnight (Havana, Santiago), half-hour DST (Lord Howe), 45-minute

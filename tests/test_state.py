@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from conftest import run_record
 from databases import fresh_postgres_database
 
-from remarketing import state
+from remarketing.platform import state
 
 
 @contextmanager

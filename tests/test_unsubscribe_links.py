@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remarketing.unsubscribe_links import (
+from remarketing.content.unsubscribe_links import (
     InvalidUnsubscribeToken,
     sign_unsubscribe_token,
     unsubscribe_url,

@@ -21,11 +21,12 @@ import sqlalchemy as sa
 from bad_input.cases import NOW, Store
 from databases import fresh_postgres_database
 
-from remarketing import state, validation_rules
-from remarketing.extract import ISSUES_COLUMN, arrow_schema
 from remarketing.markets import load_markets
-from remarketing.store_schema import CANONICAL_TABLES
-from remarketing.validation import (
+from remarketing.platform import state
+from remarketing.store.extract import ISSUES_COLUMN, arrow_schema
+from remarketing.store.schema import CANONICAL_TABLES
+from remarketing.store.validation import rules as validation_rules
+from remarketing.store.validation.run import (
     ConservationError,
     FeedBroken,
     ValidationPolicy,
@@ -68,8 +69,8 @@ def test_snapshots_from_the_real_extraction_validate_clean(tmp_path):
     """Demo store -> SQLite -> extract.py snapshots -> validation: nothing quarantined, nothing lost."""
     import sqlite3
 
-    from remarketing import snapshots
-    from remarketing.demo_store import write_store
+    from demo_shop.generator import write_store
+    from remarketing.store import snapshots
 
     store = Store()
     frames = {name: table.to_pandas() for name, table in store.tables.items()}
@@ -182,7 +183,7 @@ def test_a_broken_parent_fails_the_feed_and_its_children_are_still_checked(tmp_p
 
 def test_conservation_is_checked_in_code(tmp_path, monkeypatch):
     """A bug that loses a row between the verdict and the files must stop the run."""
-    from remarketing import validation
+    from remarketing.store.validation import run as validation
 
     real = validation._clean_arrow
     monkeypatch.setattr(validation, "_clean_arrow", lambda frame, table: real(frame, table).slice(1))
@@ -348,7 +349,7 @@ def test_great_expectations_stays_quiet_in_the_task_log(tmp_path):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         from datetime import datetime
         from remarketing.markets import load_markets
-        from remarketing.validation import validate_store
+        from remarketing.store.validation.run import validate_store
         result = validate_store({{"products": {str(paths["products"])!r}}}, markets=load_markets(),
                                 out_dir={str(tmp_path / "out")!r}, run_id="r", now=datetime.fromisoformat({NOW.isoformat()!r}))
         print(result.summary_table())

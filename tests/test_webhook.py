@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 
 from remarketing.delivery.suppressions import suppression_reasons
-from remarketing.feedback import email_event_batches, event_json
-from remarketing.webhook import (
+from remarketing.flows.feedback.store import email_event_batches, event_json
+from remarketing.flows.feedback.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     InvalidPayload,

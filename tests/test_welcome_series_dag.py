@@ -18,7 +18,7 @@ from clock import INSTANT
 from conftest import sqlite_conn_env
 from test_market_campaign_dag import working_instant
 
-from remarketing.demo_store import generate_store, write_store
+from demo_shop.generator import generate_store, write_store
 from remarketing.markets import load_markets
 
 pytestmark = [pytest.mark.airflow_run, pytest.mark.clock]

@@ -31,10 +31,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from remarketing.demo_store import generate_store
-from remarketing.extract import ISSUES_COLUMN, arrow_schema
-from remarketing.store_schema import CANONICAL_TABLES
-from remarketing.validation_rules import REFERENCES, TABLE_ORDER
+from demo_shop.generator import generate_store
+from remarketing.store.extract import ISSUES_COLUMN, arrow_schema
+from remarketing.store.schema import CANONICAL_TABLES
+from remarketing.store.validation.rules import REFERENCES, TABLE_ORDER
 
 DATA = Path(__file__).resolve().parent / "data"
 AS_OF = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

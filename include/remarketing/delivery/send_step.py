@@ -48,7 +48,7 @@ from remarketing.delivery.gate import GateDecision, check_market, market_categor
 from remarketing.delivery.messages import Message, SendResult
 from remarketing.delivery.suppressions import suppression_reasons, sync_suppressions
 from remarketing.markets import Market, MarketConfig
-from remarketing.send_windows import SEND_AT_HORIZON, compute_send_at, resolve_time_zones
+from remarketing.timing.send_windows import SEND_AT_HORIZON, compute_send_at, resolve_time_zones
 
 log = logging.getLogger(__name__)
 
@@ -683,7 +683,7 @@ def _write_outcomes(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from remarketing.snapshots import run_folder_name
+    from remarketing.store.snapshots import run_folder_name
 
     if isinstance(base, str):
         from pathlib import Path

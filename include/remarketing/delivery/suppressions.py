@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from remarketing.delivery.ledger import normalise_email, transactional
-from remarketing.state import utc
+from remarketing.platform.state import utc
 
 GLOBAL_KINDS = ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
 GROUP_KIND = "group_unsubscribes"

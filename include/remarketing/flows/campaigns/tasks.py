@@ -1,0 +1,470 @@
+"""Airflow glue for the market_campaign DAG: plan (targets, holdout, rotation), per-market send, summary.
+
+Tasks pass Parquet paths and counts through XCom, never rows. Each market's send goes through
+the shared send step (flow ``market_campaign``, kind marketing) with shared content: one render
+per (locale, variant, subject arm), each recipient's greeting and unsubscribe link as SendGrid
+substitutions, so the SendGrid transport packs up to 1,000 recipients into one request.
+
+One mapped send task per market runs that market's campaigns one after the other (a calendar
+day may hold several), so the frequency caps see the first campaign's claims before the second
+is judged. Each campaign sends under its own ledger run id (``<run id>~<campaign id>``): its
+claims, batch id and retry take-over never mix with another campaign's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from remarketing.flows.campaigns.audience import FLOW, HOLDOUT, PRESEND_OUTCOMES, Campaign, CampaignError
+
+SAMPLES_FOLDER = "outbox-dry-run"
+
+
+def _write_parquet(frame, path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with path.open("wb") as handle:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle, compression="zstd")
+
+
+def _read_parquet(path: str):
+    import pyarrow.parquet as pq
+    from airflow.sdk import ObjectStoragePath
+
+    with ObjectStoragePath(path).open("rb") as handle:
+        return pq.read_table(handle).to_pandas()
+
+
+def send_run_id(run_id: str, campaign_id: str) -> str:
+    """The ledger's run id for one campaign of an Airflow run."""
+    return f"{run_id}~{campaign_id}"
+
+
+# --- shared-content rendering (campaigns and the welcome series) -----------------------------------
+
+
+class SharedContentRenderer:
+    """The send step's render callback for shared content.
+
+    ``content(key, locale) -> (template, context)`` gives what to render for a group of members
+    sharing ``group_columns`` values and a locale; it is rendered once (``render_shared``) and
+    each member gets substitutions (greeting, unsubscribe_url) and a List-Unsubscribe header.
+    The first message of each group is kept (``samples``) for dry-run previews.
+    """
+
+    def __init__(
+        self,
+        *,
+        flow: str,
+        market,
+        secret: bytes,
+        group_columns: tuple[str, ...],
+        content: Callable[[tuple, str], tuple[str, Mapping[str, Any]]],
+        categories: Callable[[tuple], tuple[str, ...]] = lambda key: (),
+        custom_args: Callable[[tuple], Mapping[str, str]] = lambda key: {},
+        renderer=None,
+    ):
+        from remarketing.content.engine import MailRenderer
+
+        self.flow = flow
+        self.market = market
+        self.secret = secret
+        self.group_columns = group_columns
+        self.content = content
+        self.categories = categories
+        self.custom_args = custom_args
+        self.renderer = renderer or MailRenderer()
+        self._mails: dict[tuple, Any] = {}
+        self.samples: dict[tuple, Any] = {}
+
+    def _mail(self, key: tuple, locale: str):
+        from remarketing.content.engine import SHARED_PLACEHOLDERS
+
+        cache_key = (*key, locale)
+        if cache_key not in self._mails:
+            try:
+                template, context = self.content(key, locale)
+                self._mails[cache_key] = self.renderer.render_shared(template, locale, context, SHARED_PLACEHOLDERS)
+            except Exception as exc:  # noqa: BLE001 - RenderError, CampaignError: the group fails, not the market
+                self._mails[cache_key] = exc
+        return self._mails[cache_key]
+
+    def __call__(self, chunk):
+        from remarketing.content.engine import SHARED_PLACEHOLDERS, substitutions_for
+        from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
+        from remarketing.delivery.messages import Message, Recipient
+        from remarketing.delivery.send_step import RenderFailure
+
+        market, sender = self.market, self.market.sender
+        columns = ["locale", *self.group_columns]
+        for values, group in chunk.groupby(columns, sort=True, dropna=False):
+            locale, key = values[0], tuple(values[1:])
+            mail = self._mail(key, locale)
+            keys = tuple(group["ledger_key"])
+            if isinstance(mail, Exception):
+                yield RenderFailure(keys, f"render failed for {'/'.join(map(str, key))} [{locale}]: {mail}")
+                continue
+            recipients = []
+            for row in group.to_dict("records"):
+                token = sign_unsubscribe_token(
+                    row["customer_ref"],
+                    market=market.code,
+                    group_id=market.sendgrid_unsubscribe_group_id,
+                    secret=self.secret,
+                )
+                unsubscribe = unsubscribe_url(market.storefront.unsubscribe_url, token)
+                first = row.get("first_name")
+                first = first if isinstance(first, str) else None
+                last = row.get("last_name")
+                last = last if isinstance(last, str) else None
+                recipients.append(
+                    Recipient(
+                        email=row["email"],
+                        ledger_key=row["ledger_key"],
+                        name=first,
+                        substitutions=substitutions_for(
+                            SHARED_PLACEHOLDERS,
+                            {"greeting": self.renderer.greeting(locale, first, last), "unsubscribe_url": unsubscribe},
+                        ),
+                        headers={"List-Unsubscribe": f"<{unsubscribe}>"},
+                        custom_args={"time_zone": str(row["time_zone"])},
+                    )
+                )
+            message = Message(
+                recipients=tuple(recipients),
+                from_email=sender.from_email,
+                from_name=sender.from_name,
+                reply_to=sender.reply_to,
+                subject=mail.subject,
+                html=mail.html,
+                text=mail.text,
+                categories=self.categories(key),
+                asm_group_id=market.sendgrid_unsubscribe_group_id,
+                marketing=True,
+                custom_args={"flow": self.flow, "market": market.code, **self.custom_args(key)},
+            )
+            self.samples.setdefault((*key, locale), message)
+            yield message
+
+
+def write_samples(samples: Mapping[tuple, Any], *, run_id: str, market: str, label: str) -> str | None:
+    """Dry run: one rendered mail per (content, locale) into ``$REMARKETING_DATA_BASE/outbox-dry-run/``."""
+    from dataclasses import replace
+
+    from remarketing.delivery.outbox import OutboxTransport
+    from remarketing.platform.runtime import run_folder
+
+    if not samples:
+        return None
+    folder = run_folder(SAMPLES_FOLDER, label, run_id=run_id)
+    outbox = OutboxTransport(folder)
+    for message in samples.values():
+        outbox.send_one(replace(message, recipients=message.recipients[:1], send_at=None))
+    outbox.close()  # writes index.html
+    print(f"  {market}: {len(samples)} sample mail(s) rendered into {folder}")
+    return str(folder)
+
+
+# --- plan ----------------------------------------------------------------------------------------
+
+
+def _send_date(value: str | None, market, now: datetime) -> date:
+    from remarketing.flows.campaigns.audience import local_today
+
+    return date.fromisoformat(value) if value else local_today(market, now)
+
+
+def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -> list[dict]:
+    """Which campaigns run in which markets today; writes each (campaign, market) audience. XCom: paths and counts."""
+    import pandas as pd
+
+    from remarketing.flows.campaigns.audience import (
+        campaign_audience,
+        campaign_from_params,
+        check_localized,
+        due_campaigns,
+        had_calendar_date,
+        load_calendar,
+        pin_variants,
+        select_targets,
+        send_horizon,
+        variant_history,
+    )
+    from remarketing.flows.cart_recovery.tasks import resolve_now
+    from remarketing.markets import load_markets
+    from remarketing.platform.runtime import read_clean, remarketing_engine, run_folder
+    from remarketing.profiles.store import load_profiles, transitions_since
+
+    markets = load_markets()
+    now = resolve_now(params.get("as_of"))
+    dry_run = bool(params.get("dry_run"))
+    selected = list(params.get("markets") or markets.codes)
+    if params.get("campaign_id"):
+        campaign = campaign_from_params({**params, "markets": selected})
+        planned = [(campaign, code, _send_date(params.get("send_date"), markets[code], now)) for code in selected]
+        source = "trigger form"
+    else:
+        due = due_campaigns(load_calendar(markets=markets), markets, now, only=selected)
+        planned = [(d.campaign, d.market, d.send_date) for d in due]
+        source = "calendar"
+    calendar = source == "calendar"
+    print(f"{source}: {len(planned)} campaign-market pair(s) as of {now.isoformat()}")
+    for campaign in {c.campaign_id: c for c, _, _ in planned}.values():
+        for note in check_localized(campaign, markets):
+            print(f"  {campaign.campaign_id}: {note}")
+    for _campaign, code, send_date in planned:
+        send_horizon(send_date, markets[code], now)  # a past or too-distant date fails here, before any send
+
+    customers = read_clean(validated, "customers")
+    engine = remarketing_engine()
+    jobs: dict[str, dict] = {}
+    try:
+        profiles = {}
+        codes = sorted({code for _, code, _ in planned})
+        if codes:
+            profiles = {code: frame for code, frame in load_profiles(engine, markets=codes).groupby("market")}
+            if not profiles:
+                raise CampaignError(
+                    f"no customer profiles for {', '.join(codes)}: run the lifecycle_segments DAG first"
+                )
+        for campaign, code, send_date in planned:
+            market = markets[code]
+            mine = profiles.get(
+                code,
+                pd.DataFrame(
+                    columns=["customer_id", "market", "stage", "rfm_segment", "preferred_purchase_hour", "monetary"]
+                ),
+            )
+            transitions = None
+            if campaign.became:
+                since = now - timedelta(days=campaign.within_days)
+                transitions = transitions_since(
+                    engine, to_stage=campaign.became, since=since, markets=[code], current_only=True
+                )
+            targets = select_targets(mine, campaign, transitions)
+            had = variant_history(engine, campaign.campaign_id, targets["customer_id"])
+            # One calendar date is one round: whoever an earlier run scheduled it for is done.
+            had_this_date = had_calendar_date(engine, campaign.campaign_id, market, send_date) if calendar else set()
+            if not dry_run:
+                pin_variants(engine, campaign, run_id=run_id, now=now)
+            members = campaign_audience(
+                campaign=campaign, market=market, targets=targets, customers=customers, had=had,
+                send_date=send_date, now=now, had_this_date=had_this_date,
+            )  # fmt: skip
+            folder = run_folder("audiences", FLOW, campaign.campaign_id, run_id=run_id)
+            audience_path = folder / f"market={code}.parquet"
+            skipped_path = folder / f"market={code}-skipped.parquet"
+            _write_parquet(members.audience, audience_path)
+            _write_parquet(members.skipped, skipped_path)
+            counts = members.counts()
+            variants = members.audience["content_version"].value_counts().to_dict()
+            print(
+                f"  {code} {campaign.campaign_id} on {send_date.isoformat()}: targets {len(targets)}, "
+                f"to the send step {len(members.audience)}, held out {counts[HOLDOUT]}, "
+                f"already had it {counts['already_sent']}, no store row {counts['invalid_address']}; "
+                f"variants {variants}"
+            )
+            job = jobs.setdefault(
+                code,
+                {"market": code, "now": now.isoformat(), "rehearsal": bool(params.get("as_of")), "campaigns": []},
+            )
+            job["campaigns"].append(
+                {
+                    "campaign": campaign.model_dump(mode="json"),
+                    "send_date": send_date.isoformat(),
+                    "audience_path": str(audience_path),
+                    "skipped_path": str(skipped_path),
+                    "targets": int(len(targets)),
+                    "audience": int(len(members.audience)),
+                }
+            )
+    finally:
+        engine.dispose()
+    for job in jobs.values():
+        job["label"] = f"{job['market']} · " + ", ".join(c["campaign"]["campaign_id"] for c in job["campaigns"])
+    return [jobs[code] for code in sorted(jobs)]
+
+
+# --- send ----------------------------------------------------------------------------------------
+
+
+def campaign_renderer(campaign: Campaign, market, secret: bytes, renderer=None) -> SharedContentRenderer:
+    """Shared content per (variant, arm): campaign_context with the arm's subject, UTM content = variant."""
+    from remarketing.content.engine import campaign_context
+
+    def content(key: tuple, locale: str):
+        variant, arm = key
+        fields = campaign.variant_fields(variant, arm)
+        context = campaign_context(
+            market=market,
+            customer=None,
+            unsubscribe_url=market.storefront.unsubscribe_url,  # replaced by each recipient's token
+            locale=locale,
+            campaign=fields,
+            variant=variant,
+        )
+        return campaign.template, context
+
+    return SharedContentRenderer(
+        flow=FLOW,
+        market=market,
+        secret=secret,
+        group_columns=("content_version", "step"),
+        content=content,
+        categories=lambda key: (f"campaign:{campaign.campaign_id}", f"variant:{key[0]}"),
+        custom_args=lambda key: {"campaign": campaign.campaign_id, "variant": key[0]},
+        renderer=renderer,
+    )
+
+
+def _members(skipped, outcomes_path: str | None):
+    """Every member's outcome: the pre-send ones and the send step's (its latest try's file)."""
+    import pandas as pd
+
+    frames = [
+        skipped.assign(variant_id=skipped["content_version"], arm=skipped["step"])[
+            ["customer_id", "outcome", "reason", "variant_id", "arm"]
+        ]
+    ]
+    if outcomes_path:
+        sent = _read_parquet(outcomes_path)
+        if len(sent):
+            parts = sent["ledger_key"].str.split("/", expand=True)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "customer_id": pd.to_numeric(sent["customer_id"]).astype("int64"),
+                        "outcome": sent["outcome"],
+                        "reason": sent["reason"],
+                        "variant_id": parts[4],
+                        "arm": sent["step"],
+                    }
+                )
+            )
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["customer_id", "outcome", "reason", "variant_id", "arm"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict:
+    """One market's campaigns, one after the other, through the shared send step; logs the outcome tables."""
+    from remarketing.content.engine import MailRenderer
+    from remarketing.delivery.send_step import OUTCOMES, send_market
+    from remarketing.delivery.tasks import link_secret, make_api, make_transport
+    from remarketing.flows.campaigns.audience import record_members, send_horizon
+    from remarketing.flows.cart_recovery.tasks import resolve_now
+    from remarketing.markets import load_markets
+    from remarketing.platform.runtime import data_base_path, remarketing_engine
+
+    market = load_markets()[job["market"]]
+    secret = link_secret()
+    now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
+    engine = remarketing_engine()
+    transport = make_transport(now if job.get("rehearsal") else None)
+    api = make_api()
+    renderer = MailRenderer()
+    results = []
+    try:
+        for planned in job["campaigns"]:
+            campaign = Campaign(**planned["campaign"])
+            audience = _read_parquet(planned["audience_path"])
+            skipped = _read_parquet(planned["skipped_path"])
+            horizon = send_horizon(date.fromisoformat(planned["send_date"]), market, now, audience["time_zone"])
+            render = campaign_renderer(campaign, market, secret, renderer)
+            summary = send_market(
+                flow=FLOW,
+                market=market,
+                audience=audience,
+                render=render,
+                transport=transport,
+                engine=engine,
+                run_id=send_run_id(run_id, campaign.campaign_id),
+                try_number=try_number,
+                now=now,
+                dry_run=dry_run,
+                api=api,
+                horizon=horizon,
+                outcomes_dir=data_base_path(),
+            )
+            counts = {HOLDOUT: 0, **summary.counts}
+            for outcome in PRESEND_OUTCOMES:
+                counts[outcome] = counts.get(outcome, 0) + int((skipped["outcome"] == outcome).sum())
+            members = _members(skipped, summary.outcomes_path)
+            if len(members) != len(audience) + len(skipped):
+                raise AssertionError(
+                    f"campaign {campaign.campaign_id} market {market.code}: {len(members)} outcomes for "
+                    f"{len(audience) + len(skipped)} members"
+                )
+            if not dry_run:
+                record_members(engine, campaign.campaign_id, market.code, run_id, members, now=now)
+            samples = None
+            if dry_run:
+                samples = write_samples(
+                    render.samples, run_id=run_id, market=market.code, label=f"{campaign.campaign_id}/{market.code}"
+                )
+            if not dry_run:
+                from remarketing.platform.notify import notify_if_halted
+
+                notify_if_halted(FLOW, market.code, summary.gate, send_run_id(run_id, campaign.campaign_id))
+            print(f"campaign {campaign.campaign_id}, send date {planned['send_date']}")
+            print(summary.log_table())
+            print(f"  {'holdout'.ljust(max(map(len, OUTCOMES)))}  {counts[HOLDOUT]}")
+            skipped_reasons = skipped.groupby(["outcome", "reason"]).size()
+            for (outcome, reason), n in skipped_reasons.items():
+                print(f"  before the send step: {outcome} ({reason}): {n}")
+            results.append(
+                {
+                    "campaign_id": campaign.campaign_id,
+                    "market": market.code,
+                    "send_date": planned["send_date"],
+                    "dry_run": dry_run,
+                    "members": int(len(members)),
+                    "counts": counts,
+                    "gate": summary.gate,
+                    "outcomes_path": summary.outcomes_path,
+                    "samples_path": samples,
+                    "messages": len(render._mails),
+                }
+            )
+    finally:
+        transport.close()
+        engine.dispose()
+    return {"market": market.code, "campaigns": results}
+
+
+def summarize(results: list[dict]) -> dict:
+    """All campaigns and markets in one table of outcomes."""
+    from remarketing.delivery.send_step import OUTCOMES
+
+    shown = ["members", HOLDOUT, *OUTCOMES]
+    rows = sorted((c for r in results for c in r["campaigns"]), key=lambda c: (c["campaign_id"], c["market"]))
+    lines = [
+        "market campaigns, outcomes per campaign and market" + (" (dry run)" if any(r["dry_run"] for r in rows) else "")
+    ]
+    lines.append("  " + "campaign".ljust(24) + "market".ljust(8) + "".join(o.rjust(len(o) + 1) for o in shown))
+    totals: dict[str, dict[str, int]] = {}
+    for row in rows:
+        values = {"members": row["members"], **row["counts"]}
+        mine = totals.setdefault(row["campaign_id"], {})
+        for key, value in values.items():
+            mine[key] = mine.get(key, 0) + int(value)
+        gate = "" if row["gate"]["status"] == "open" else f"  gate {row['gate']['status']}"
+        lines.append(
+            "  " + row["campaign_id"][:23].ljust(24) + row["market"].ljust(8)
+            + "".join(str(values.get(o, 0)).rjust(len(o) + 1) for o in shown) + gate
+        )  # fmt: skip
+    for campaign_id, values in sorted(totals.items()):
+        lines.append(
+            "  "
+            + campaign_id[:23].ljust(24)
+            + "all".ljust(8)
+            + "".join(str(values.get(o, 0)).rjust(len(o) + 1) for o in shown)
+        )
+    if not rows:
+        lines.append("  no campaign due")
+    print("\n".join(lines))
+    return {"campaigns": totals, "rows": len(rows)}

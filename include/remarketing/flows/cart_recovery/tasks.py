@@ -1,0 +1,342 @@
+"""Airflow glue for the cart_recovery DAG: scan, per-market send, attribution, summary.
+
+Tasks pass Parquet paths and counts through XCom, never rows. Each market's send goes through
+the shared send step (remarketing.delivery.send_step): gate, windows, render, ledger, send.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from remarketing.flows.cart_recovery.audience import FLOW
+from remarketing.platform.runtime import read_clean
+
+RECOVERY_TABLES = ("customers", "products", "carts", "cart_items", "orders", "order_items")
+
+
+def _write_parquet(frame, path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with path.open("wb") as handle:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle, compression="zstd")
+
+
+def ledger_history(engine) -> Any:
+    """This flow's ledger rows as (cart_id, step, status, sent_at) for the sequence position."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from remarketing.delivery.ledger import send_ledger
+
+    query = sa.select(
+        send_ledger.c.subject_id,
+        send_ledger.c.step,
+        send_ledger.c.status,
+        sa.func.coalesce(send_ledger.c.send_at, send_ledger.c.finished_at, send_ledger.c.claimed_at).label("sent_at"),
+    ).where(send_ledger.c.flow == FLOW)
+    with engine.connect() as conn:
+        rows = pd.DataFrame(conn.execute(query).all(), columns=["subject_id", "step", "status", "sent_at"])
+    rows["cart_id"] = pd.to_numeric(rows["subject_id"].str.removeprefix("cart"), errors="coerce")
+    rows["step"] = pd.to_numeric(rows["step"], errors="coerce")
+    rows["sent_at"] = pd.to_datetime(rows["sent_at"], utc=True)
+    return rows.dropna(subset=["cart_id", "step"]).astype({"cart_id": "int64", "step": "int64"})
+
+
+def resolve_now(as_of: str | None):
+    """The run's "now": the wall clock, or a rehearsal instant (outbox transport only)."""
+    from datetime import UTC, datetime
+
+    from remarketing.delivery.tasks import DeliverySetupError, transport_name
+    from remarketing.store.extract import utcnow
+
+    now = utcnow()
+    if not as_of:
+        return now
+    chosen = datetime.fromisoformat(as_of)
+    chosen = chosen.replace(tzinfo=chosen.tzinfo or UTC).astimezone(UTC)
+    if transport_name() != "outbox" and abs(chosen - now) > timedelta(minutes=5):
+        raise DeliverySetupError("as_of may differ from the clock only with the outbox transport (a rehearsal)")
+    return chosen
+
+
+def find_abandoned_carts(validated: dict, *, markets: list[str], run_id: str, as_of: str | None = None) -> list[dict]:
+    """Scan the clean carts and write one audience Parquet per selected market."""
+    from remarketing.flows.cart_recovery.audience import recovery_audience, scan_carts
+    from remarketing.flows.cart_recovery.config import load_flows
+    from remarketing.markets import load_markets
+    from remarketing.platform.runtime import remarketing_engine, run_folder
+
+    config = load_flows().cart_recovery
+    market_config = load_markets()
+    frames = {table: read_clean(validated, table) for table in RECOVERY_TABLES}
+    from remarketing.flows.feedback.store import best_hours
+
+    now = resolve_now(as_of)
+    engine = remarketing_engine()
+    try:
+        history = ledger_history(engine)
+        # Customers who opened or clicked our mail get it at their own best local hour.
+        best = best_hours(engine, frames["customers"], market_config, since=now - timedelta(days=365))
+    finally:
+        engine.dispose()
+    scan = scan_carts(frames, now=now, config=config, history=history)
+    audience = recovery_audience(scan, frames["customers"], market_config, profiles=best)
+    folder = run_folder("audiences", FLOW, run_id=run_id)
+    counts = scan.reason_counts()
+    print(f"carts scanned: {len(scan.reasons)}; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"  personal best hour known for {int(audience['best_hour'].notna().sum())} of {len(audience)} due carts")
+    jobs = []
+    for code in markets:
+        members = audience[audience["market"] == code]
+        path = folder / f"market={code}.parquet"
+        _write_parquet(members, path)
+        jobs.append(
+            {
+                "market": code,
+                "audience_path": str(path),
+                "carts": len(members),
+                "now": now.isoformat(),
+                "rehearsal": bool(as_of),
+                "clean": {t: validated["tables"][t]["clean_path"] for t in ("customers", "cart_items", "products")},
+            }
+        )
+        print(f"  {code}: {len(members)} carts due")
+    return jobs
+
+
+class _RecoveryRenderer:
+    """The send step's render callback: live re-check, then one personal mail per cart."""
+
+    def __init__(self, *, market, job: dict, secret: bytes, now, store_conn=None):
+        import pandas as pd
+        import pyarrow.parquet as pq
+        from airflow.sdk import ObjectStoragePath
+
+        from remarketing.content.engine import MailRenderer
+        from remarketing.flows.cart_recovery.config import load_flows
+
+        self.market = market
+        self.config = load_flows().cart_recovery
+        self.secret = secret
+        self.now = now
+        self.store_conn = store_conn
+        self.renderer = MailRenderer()
+
+        def read(table):
+            with ObjectStoragePath(job["clean"][table]).open("rb") as handle:
+                return pq.read_table(handle).to_pandas()
+
+        audience_carts = set(pd.read_parquet(job["audience_path"], columns=["cart_id"])["cart_id"].astype(int))
+        items = read("cart_items")
+        self.items = items[items["cart_id"].isin(audience_carts)].groupby("cart_id")
+        products = read("products")
+        self.products = {int(p["product_id"]): p for p in products.to_dict("records")}
+        customers = read("customers")
+        self.customers = customers.set_index("customer_id", drop=False)
+
+    def __call__(self, chunk):
+        from remarketing.content.cart_links import signed_cart_link
+        from remarketing.content.engine import RenderError, cart_recovery_context
+        from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
+        from remarketing.delivery.messages import Message, Recipient
+        from remarketing.delivery.send_step import RenderFailure
+        from remarketing.flows.cart_recovery.audience import recheck_converted
+
+        market, sender = self.market, self.market.sender
+        converted: set[int] = set()
+        if self.store_conn is not None:
+            due = chunk.assign(owner_id=chunk["customer_id"].astype("float64"))[
+                ["cart_id", "owner_id", "last_change_at"]
+            ]
+            converted = recheck_converted(self.store_conn, due)
+        for row in chunk.to_dict("records"):
+            key = row["ledger_key"]
+            cart_id = int(row["cart_id"])
+            if cart_id in converted:
+                yield RenderFailure((key,), f"cart {cart_id} converted since the scan", outcome="converted")
+                continue
+            step = self.config.step(int(row["step"]))
+            token = sign_unsubscribe_token(
+                row["customer_ref"],
+                market=market.code,
+                group_id=market.sendgrid_unsubscribe_group_id,
+                secret=self.secret,
+            )
+            unsubscribe = unsubscribe_url(market.storefront.unsubscribe_url, token)
+            link = signed_cart_link(
+                market.storefront.cart_url,
+                cart_id,
+                step=step.step,
+                market=market.code,
+                secret=self.secret,
+                expires_at=self.now + timedelta(days=self.config.max_cart_age_days),
+            )
+            incentive = None
+            if step.incentive is not None:
+                incentive = {
+                    "code": step.incentive.code,
+                    "percent": step.incentive.percent,
+                    "expires_at": self.now + timedelta(days=step.incentive.valid_days),
+                }
+            customer = None
+            if row["customer_id"] is not None and row["customer_id"] == row["customer_id"]:
+                customer = self.customers.loc[int(row["customer_id"])].to_dict()
+            try:
+                items = self.items.get_group(cart_id).to_dict("records")
+                context = cart_recovery_context(
+                    step=step.step,
+                    market=market,
+                    customer=customer,
+                    cart={"cart_id": cart_id, "currency": row["currency"]},
+                    items=items,
+                    products=self.products,
+                    cart_link=link,
+                    unsubscribe_url=unsubscribe,
+                    incentive=incentive,
+                    locale=row["locale"],
+                )
+                mail = self.renderer.render(step.template, row["locale"], context)
+            except (RenderError, KeyError) as exc:
+                yield RenderFailure((key,), f"render failed for cart {cart_id}: {exc}")
+                continue
+            yield Message(
+                recipients=(
+                    Recipient(
+                        email=row["email"],
+                        ledger_key=key,
+                        name=(customer or {}).get("first_name"),
+                        headers={"List-Unsubscribe": f"<{unsubscribe}>"},
+                        custom_args={"time_zone": str(row["time_zone"])},
+                    ),
+                ),
+                from_email=sender.from_email,
+                from_name=sender.from_name,
+                reply_to=sender.reply_to,
+                subject=mail.subject,
+                html=mail.html,
+                text=mail.text,
+                categories=(f"template:{step.template.replace('/', '-')}",),
+                asm_group_id=market.sendgrid_unsubscribe_group_id,
+                marketing=True,
+                custom_args={"flow": FLOW, "market": market.code, "step": str(step.step)},
+            )
+
+
+def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict:
+    """One market's recovery send through the shared send step; logs its outcome table."""
+    import pandas as pd
+
+    from remarketing.delivery.send_step import send_market
+    from remarketing.delivery.tasks import link_secret, make_api, make_transport
+    from remarketing.flows.cart_recovery.config import load_flows
+    from remarketing.markets import load_markets
+    from remarketing.platform.runtime import data_base_path, remarketing_engine, store_connection
+
+    market = load_markets()[job["market"]]
+    config = load_flows().cart_recovery
+    audience = pd.read_parquet(job["audience_path"])
+    secret = link_secret()
+    now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
+    engine = remarketing_engine()
+    transport = make_transport(now if job.get("rehearsal") else None)
+    try:
+        with store_connection("carts") as conn:
+            render = _RecoveryRenderer(market=market, job=job, secret=secret, now=now, store_conn=conn)
+            summary = send_market(
+                flow=FLOW,
+                market=market,
+                audience=audience,
+                render=render,
+                transport=transport,
+                engine=engine,
+                run_id=run_id,
+                try_number=try_number,
+                now=now,
+                dry_run=dry_run,
+                api=make_api(),
+                horizon=timedelta(hours=config.send_horizon_hours),
+                outcomes_dir=data_base_path(),
+            )
+    finally:
+        transport.close()
+        engine.dispose()
+    print(summary.log_table())
+    print(recovered_revenue_line(market.code))
+    if not dry_run:
+        from remarketing.platform.notify import notify_if_halted
+
+        notify_if_halted(FLOW, market.code, summary.gate, run_id)
+    return summary.to_xcom()
+
+
+def recovered_revenue_line(market: str) -> str:
+    """Revenue credited so far to this market's recovery mails, for the send task's log."""
+    from remarketing.flows.cart_recovery.store import revenue_by_market_step
+    from remarketing.platform.runtime import remarketing_engine
+
+    engine = remarketing_engine()
+    try:
+        revenue = revenue_by_market_step(engine)
+    finally:
+        engine.dispose()
+    mine = revenue[revenue["market"] == market]
+    if mine.empty:
+        return f"  recovered revenue ({market}): none attributed yet"
+    parts = [f"step {r.step}: {r.orders} orders, {r.revenue:,.2f} {r.currency}" for r in mine.itertuples()]
+    return f"  recovered revenue ({market}, all runs): " + "; ".join(parts)
+
+
+def attribute_revenue(validated: dict, *, run_id: str) -> list[dict]:
+    """Credit new orders to the latest recovery mail before them; store and return per market and step."""
+    import pandas as pd
+
+    from remarketing.flows.cart_recovery.audience import attribute_orders
+    from remarketing.flows.cart_recovery.config import load_flows
+    from remarketing.flows.cart_recovery.store import load_accepted_sends, record_attributions, revenue_by_market_step
+    from remarketing.platform.runtime import remarketing_engine
+
+    config = load_flows().cart_recovery
+    orders = read_clean(validated, "orders")
+    engine = remarketing_engine()
+    try:
+        sends, already = load_accepted_sends(engine)
+        won = attribute_orders(sends, orders, window=timedelta(days=config.attribution_window_days), already=already)
+        record_attributions(engine, won, run_id=run_id)
+        totals = revenue_by_market_step(engine)
+    finally:
+        engine.dispose()
+    print(f"orders newly attributed to recovery mails: {len(won)}")
+    return totals.to_dict("records") if isinstance(totals, pd.DataFrame) else totals
+
+
+def summarize(results: list[dict], revenue: list[dict]) -> dict:
+    """All markets in one table: outcomes and recovered revenue (all time, by currency)."""
+    from remarketing.delivery.send_step import OUTCOMES
+
+    shown = ["audience", *OUTCOMES]
+    width = max(len(o) for o in shown)
+    lines = [
+        "cart recovery, outcomes per market",
+        "  " + "market".ljust(8) + "".join(o.rjust(width + 1) for o in shown),
+    ]
+    totals: dict[str, int] = {}
+    for result in sorted(results, key=lambda r: r["market"]):
+        values = {"audience": result["audience"], **result["counts"]}
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0) + v
+        gate = "" if result["gate"]["status"] == "open" else f"  gate {result['gate']['status']}"
+        lines.append(
+            "  " + result["market"].ljust(8) + "".join(str(values.get(o, 0)).rjust(width + 1) for o in shown) + gate
+        )
+    lines.append("  " + "all".ljust(8) + "".join(str(totals.get(o, 0)).rjust(width + 1) for o in shown))
+    lines.append("recovered revenue (orders attributed to a recovery mail, all runs)")
+    for row in revenue:
+        lines.append(
+            f"  {row['market']:<4} step {row['step']}  {row['orders']:>6} orders  {row['revenue']:>14,.2f} {row['currency']}"
+        )
+    if not revenue:
+        lines.append("  none yet")
+    print("\n".join(lines))
+    return {"outcomes": totals, "revenue": revenue}

@@ -1,0 +1,803 @@
+"""The email feedback loop: SendGrid's events back into the ledger, suppressions, engagement and health.
+
+Two steps, so the webhook answers fast and nothing it accepted is lost:
+
+1. ``store_batch`` (the webhook, per request): the raw signed batch goes into
+   ``email_event_batches`` (the same body twice is stored once, by SHA-256), and the events that
+   must stop mail at once are applied right away as local suppressions: a hard bounce
+   (``manual``), a spam report (``complaint``), an unsubscribe (``unsubscribes``), a group
+   unsubscribe (``group_unsubscribes`` of its ASM group). The next send's suppression check,
+   even a running send's next chunk, honours them.
+2. ``fold_pending`` (the hourly ``email_feedback`` DAG): every unfolded batch's events go into
+   ``email_events`` (deduplicated by ``sg_event_id``), joined to the send ledger through
+   ``custom_args.ledger_key`` (SendGrid repeats custom args as top-level event fields; a nested
+   ``custom_args`` object is read too). Then, for what the new events touch:
+
+   * ledger rows left ``unknown`` (or ``sending``) by a cut-off send are reconciled
+     (``ledger.mark_outcome``): any event but ``dropped`` proves SendGrid accepted the mail;
+     only ``dropped`` makes it ``rejected``;
+   * ``send_outcomes``: each sent key's delivery outcome (bounced > dropped > blocked >
+     delivered > deferred > processed) and when it was opened, clicked, reported, unsubscribed;
+   * ``customer_engagement``: per customer, counts and the last open, click, bounce and
+     complaint (the bounce/complaint history; ``load_engagement`` feeds ``compute_profiles``);
+   * ``market_health``: per market and UTC day, the gate's metrics counted from events. SendGrid's
+     category stats (``gate.refresh_market_health``) write the same rows; events only ever raise
+     a count (per-metric maximum), so whichever source has seen more wins until the stats,
+     which are complete, replace the row.
+
+   Batches are marked folded last: a fold cut off half-way is simply done again (every step is
+   idempotent).
+
+Events are identified in logs by ``sg_event_id`` and ledger key, never by address. Bounce and
+drop reasons are stored with addresses masked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from remarketing.delivery import ledger
+from remarketing.delivery.gate import METRICS, market_health
+from remarketing.delivery.suppressions import GROUP_KIND, add_local_suppression
+from remarketing.flows.feedback.webhook import EVENT_TYPES, digest, parse_events
+
+CHUNK = 500
+BATCHES_PER_PASS = 200
+RECOUNT_DAYS = 14  # market-health days recounted from events on every fold (gate windows are 7 by default)
+ENGAGEMENT_KINDS = {"open": "open", "click": "click"}  # event -> send_windows.EVENT_WEIGHTS kind
+_ADDRESS = re.compile(r"[^\s@<>()\"',;:\[\]]+@[^\s@<>()\"',;:\[\]]+")
+
+feedback_metadata = sa.MetaData()
+email_event_batches = sa.Table(
+    "email_event_batches",
+    feedback_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("folded_at", sa.DateTime(timezone=True)),
+)
+email_events = sa.Table(
+    "email_events",
+    feedback_metadata,
+    sa.Column("sg_event_id", sa.String(128), primary_key=True),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ledger_key", sa.String(250)),
+    sa.Column("customer_ref", sa.String(80)),
+    sa.Column("customer_id", sa.String(64)),
+    sa.Column("market", sa.String(8)),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("bounce_type", sa.String(16)),
+    sa.Column("reason", sa.Text),
+    sa.Column("asm_group_id", sa.Integer),
+    sa.Column("batch_id", sa.BigInteger, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+_OUTCOME_TIMES = ("processed_at", "delivered_at", "bounced_at", "opened_at", "clicked_at", "complained_at")
+send_outcomes = sa.Table(
+    "send_outcomes",
+    feedback_metadata,
+    sa.Column("ledger_key", sa.String(250), primary_key=True),
+    sa.Column("customer_ref", sa.String(80)),
+    sa.Column("market", sa.String(8)),
+    sa.Column("delivery", sa.String(16), nullable=False),
+    *(sa.Column(name, sa.DateTime(timezone=True)) for name in _OUTCOME_TIMES),
+    sa.Column("unsubscribed_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(250)),  # the mail's send run and flow, copied from the ledger (0008)
+    sa.Column("flow", sa.String(64)),
+)
+_ENGAGEMENT_COUNTS = ("delivered", "opens", "clicks", "hard_bounces", "soft_bounces", "spam_reports", "unsubscribes")
+_ENGAGEMENT_TIMES = ("last_open_at", "last_click_at", "last_bounce_at", "last_complaint_at")
+customer_engagement = sa.Table(
+    "customer_engagement",
+    feedback_metadata,
+    sa.Column("customer_ref", sa.String(80), primary_key=True),
+    sa.Column("customer_id", sa.String(64)),
+    *(sa.Column(name, sa.Integer, nullable=False) for name in _ENGAGEMENT_COUNTS),
+    *(sa.Column(name, sa.DateTime(timezone=True)) for name in _ENGAGEMENT_TIMES),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Delivery outcome of a key: the most telling event seen, first in this list wins.
+DELIVERY_ORDER = ("bounced", "dropped", "blocked", "delivered", "deferred", "processed")
+
+
+class FeedbackError(ValueError):
+    """A stored batch or event that cannot be folded; names the batch id and event position."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(UTC)
+
+
+def _insert(engine: sa.Engine, table: sa.Table):
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"the remarketing DB must be SQLite or PostgreSQL, not {engine.dialect.name}")
+    return insert(table)
+
+
+def _upsert(engine: sa.Engine, table: sa.Table, keys: list[str]):
+    stmt = _insert(engine, table)
+    return stmt.on_conflict_do_update(
+        index_elements=keys, set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    )
+
+
+def _chunks(items: list, size: int = CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _scrub(text: Any) -> str | None:
+    if text is None:
+        return None
+    return _ADDRESS.sub("<address>", str(text))[:1000]
+
+
+def custom_arg(event: dict, name: str) -> str | None:
+    """A custom arg of the mail: a top-level event field (SendGrid's shape) or under ``custom_args``."""
+    value = event.get(name)
+    if value is None and isinstance(event.get("custom_args"), dict):
+        value = event["custom_args"].get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _market_of(event: dict) -> str | None:
+    market = custom_arg(event, "market")
+    if market:
+        return market[:8]
+    categories = event.get("category")
+    if isinstance(categories, str):
+        categories = [categories]
+    for category in categories or []:
+        if isinstance(category, str) and category.startswith("market:"):
+            return category.removeprefix("market:")[:8]
+    return None
+
+
+def _occurred(event: dict, position: int) -> datetime:
+    stamp = event.get("timestamp")
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not math.isfinite(stamp):
+        raise FeedbackError(f"event #{position} ({event.get('sg_event_id')}): 'timestamp' is not epoch seconds")
+    try:
+        return datetime.fromtimestamp(stamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise FeedbackError(f"event #{position} ({event.get('sg_event_id')}): 'timestamp' is out of range") from None
+
+
+def is_hard_bounce(event: dict) -> bool:
+    """SendGrid's ``bounce`` event: ``type`` ``bounce`` is permanent, ``blocked`` is a (soft) block."""
+    return event.get("event") == "bounce" and event.get("type", "bounce") != "blocked"
+
+
+def suppression_for(event: dict) -> tuple[str, int | None, str] | None:
+    """(local suppression kind, group id, reason) an event calls for at once, or None."""
+    name = event.get("event")
+    if is_hard_bounce(event):
+        return "manual", None, "hard bounce (event webhook)"
+    if name == "spamreport":
+        return "complaint", None, "spam report (event webhook)"
+    if name == "unsubscribe":
+        return "unsubscribes", None, "unsubscribe (event webhook)"
+    if name == "group_unsubscribe":
+        group = event.get("asm_group_id")
+        if isinstance(group, int) and not isinstance(group, bool) and group > 0:
+            return GROUP_KIND, group, "group unsubscribe (event webhook)"
+        return "unsubscribes", None, "group unsubscribe without a group id (event webhook): blocked everywhere"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhook side
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    batch_id: int
+    new: bool
+    events: int
+    suppressed: int
+
+
+def apply_suppressions(engine: sa.Engine, events: Iterable[dict], *, now: datetime | None = None) -> int:
+    """Local suppressions for hard bounces, spam reports and unsubscribes; returns how many were written.
+
+    Idempotent (an upsert per address and kind). An event without an address cannot suppress
+    anything and fails, naming its ``sg_event_id``.
+    """
+    now = _now(now)
+    written = 0
+    for position, event in enumerate(events):
+        wanted = suppression_for(event)
+        if wanted is None:
+            continue
+        email = event.get("email")
+        if not isinstance(email, str) or "@" not in email:
+            raise FeedbackError(
+                f"event #{position} ({event.get('sg_event_id')}, {event.get('event')}) has no address to suppress"
+            )
+        kind, group_id, reason = wanted
+        add_local_suppression(engine, email, kind=kind, group_id=group_id, reason=reason, now=now)
+        written += 1
+    return written
+
+
+def store_batch(engine: sa.Engine, body: bytes, events: list[dict] | None = None, *, now=None) -> StoredBatch:
+    """Keep a verified batch (raw) for the fold, and suppress at once whom it asks to; safe to repeat.
+
+    ``events`` is ``webhook.parse_events(body)`` when the caller already parsed it. The same body
+    stored twice keeps one row and suppresses nothing more.
+    """
+    now = _now(now)
+    if events is None:
+        events = parse_events(body)
+    key = digest(body)
+    text = body.decode("utf-8")
+    row = {"digest": key, "received_at": now, "events": len(events), "body": text, "folded_at": None}
+
+    def work(conn):
+        inserted = conn.execute(
+            _insert(engine, email_event_batches).on_conflict_do_nothing(index_elements=["digest"]), [row]
+        ).rowcount
+        batch_id = conn.execute(
+            sa.select(email_event_batches.c.id).where(email_event_batches.c.digest == key)
+        ).scalar_one()
+        return batch_id, inserted == 1
+
+    batch_id, new = ledger.transactional(engine, work)
+    suppressed = apply_suppressions(engine, events, now=now) if new else 0
+    return StoredBatch(batch_id=int(batch_id), new=new, events=len(events), suppressed=suppressed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fold
+
+
+@dataclass
+class FoldSummary:
+    batches: int = 0
+    events: int = 0  # events in the folded batches
+    new_events: int = 0  # not seen before (by sg_event_id)
+    duplicates: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)  # new events per type
+    unknown_types: dict[str, int] = field(default_factory=dict)  # stored, not counted anywhere
+    without_ledger_key: int = 0  # not our mail, or sent without a key
+    unmatched_keys: int = 0  # a ledger key the ledger does not know
+    reconciled: dict[str, int] = field(default_factory=dict)  # unknown -> accepted / rejected
+    suppressed: int = 0
+    outcomes_updated: int = 0
+    customers_updated: int = 0
+    health_rows: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def log_table(self) -> str:
+        lines = [
+            f"batches folded: {self.batches}; events {self.events}: new {self.new_events}, "
+            f"duplicates {self.duplicates}",
+            "  new events by type: " + (", ".join(f"{k} {v}" for k, v in sorted(self.by_type.items())) or "none"),
+            f"  unknown event types (stored only): {self.unknown_types or 'none'}",
+            f"  without ledger key: {self.without_ledger_key}; ledger key unknown to the ledger: {self.unmatched_keys}",
+            f"  ledger outcomes reconciled: {self.reconciled or 'none'}",
+            f"  suppressions applied: {self.suppressed}",
+            f"  send outcomes updated: {self.outcomes_updated}; customers updated: {self.customers_updated}; "
+            f"market-health rows: {self.health_rows}",
+        ]
+        return "\n".join(lines)
+
+
+def _ledger_rows(engine: sa.Engine, keys: list[str]) -> dict[str, Any]:
+    t = ledger.send_ledger.c
+    found: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for chunk in _chunks(sorted(set(keys))):
+            query = sa.select(t.ledger_key, t.customer_ref, t.customer_id, t.market, t.flow, t.status, t.run_id).where(
+                t.ledger_key.in_(chunk)
+            )
+            found.update({row.ledger_key: row for row in conn.execute(query)})
+    return found
+
+
+def _event_rows(batch_id: int, events: list[dict], known: dict[str, Any], now: datetime) -> list[dict]:
+    rows = []
+    for position, event in enumerate(events):
+        key = custom_arg(event, "ledger_key")
+        sent = known.get(key) if key else None
+        group = event.get("asm_group_id")
+        reason = event.get("reason") or event.get("response")
+        rows.append(
+            {
+                "sg_event_id": event["sg_event_id"],
+                "event": str(event["event"])[:32],
+                "occurred_at": _occurred(event, position),
+                "ledger_key": key[:250] if key else None,
+                "customer_ref": sent.customer_ref if sent is not None else None,
+                "customer_id": sent.customer_id if sent is not None else None,
+                "market": sent.market if sent is not None else _market_of(event),
+                "flow": sent.flow if sent is not None else (custom_arg(event, "flow") or None),
+                "bounce_type": str(event.get("type"))[:16] if event.get("event") == "bounce" else None,
+                "reason": _scrub(reason),
+                "asm_group_id": group if isinstance(group, int) and not isinstance(group, bool) else None,
+                "batch_id": batch_id,
+                "recorded_at": now,
+            }
+        )
+    return rows
+
+
+def _parse_stored(batch) -> list[dict]:
+    try:
+        return parse_events(batch.body.encode("utf-8"))
+    except ValueError as exc:
+        raise FeedbackError(f"stored batch {batch.id}: {exc}") from None
+
+
+def fold_pending(
+    engine: sa.Engine,
+    *,
+    now: datetime | None = None,
+    batches_per_pass: int = BATCHES_PER_PASS,
+    recount_days: int = RECOUNT_DAYS,
+) -> FoldSummary:
+    """Fold every unfolded webhook batch (see the module docstring); returns what changed.
+
+    Market health is recounted for the days new events fall on and for the last ``recount_days``.
+    """
+    now = _now(now)
+    summary = FoldSummary()
+    by_type: Counter = Counter()
+    unknown: Counter = Counter()
+    reconciled: Counter = Counter()
+    b = email_event_batches.c
+    all_days: dict[str, set[date]] = {}
+    while True:
+        with engine.connect() as conn:
+            batches = conn.execute(
+                sa.select(b.id, b.body).where(b.folded_at.is_(None)).order_by(b.id).limit(batches_per_pass)
+            ).all()
+        if not batches:
+            break
+        touched_keys: set[str] = set()
+        touched_refs: set[str] = set()
+        touched_days: dict[str, set[date]] = {}
+        sent: dict[str, Any] = {}  # ledger rows of the batches' keys, for the outcomes' run and flow
+        new_rows: list[dict] = []
+        for batch in batches:
+            events = _parse_stored(batch)
+            summary.events += len(events)
+            keys = [k for k in (custom_arg(e, "ledger_key") for e in events) if k]
+            known = _ledger_rows(engine, keys)
+            sent.update(known)
+            rows = _event_rows(batch.id, events, known, now)
+            rows = list({r["sg_event_id"]: r for r in rows}.values())  # a batch repeating an event
+            fresh = _insert_new_events(engine, rows)
+            summary.new_events += len(fresh)
+            summary.duplicates += len(events) - len(fresh)
+            summary.suppressed += apply_suppressions(
+                engine, [e for e in events if e["sg_event_id"] in {r["sg_event_id"] for r in fresh}], now=now
+            )
+            for row in fresh:
+                name = row["event"]
+                (by_type if name in EVENT_TYPES else unknown)[name] += 1
+                if row["ledger_key"] is None:
+                    summary.without_ledger_key += 1
+                elif row["customer_ref"] is None:
+                    summary.unmatched_keys += 1
+                else:
+                    touched_keys.add(row["ledger_key"])
+                    touched_refs.add(row["customer_ref"])
+                if row["market"] and name in EVENT_TYPES:
+                    touched_days.setdefault(row["market"], set()).add(row["occurred_at"].date())
+            new_rows.extend(fresh)
+        reconciled.update(_reconcile_ledger(engine, touched_keys, now))
+        summary.outcomes_updated += _refresh_outcomes(engine, touched_keys, sent, now)
+        summary.customers_updated += _refresh_engagement(engine, touched_refs, now)
+        for market, days in touched_days.items():
+            all_days.setdefault(market, set()).update(days)
+        ids = [batch.id for batch in batches]
+        ledger.transactional(
+            engine,
+            lambda conn, ids=ids: conn.execute(sa.update(email_event_batches).where(b.id.in_(ids)), {"folded_at": now}),
+        )
+        summary.batches += len(batches)
+    # Recount the recent days too: a stats refresh may have replaced event counts with lower ones.
+    for market, days in _recent_days(engine, now, recount_days).items():
+        all_days.setdefault(market, set()).update(days)
+    summary.health_rows = _refresh_health(engine, all_days, now)
+    summary.by_type = dict(by_type)
+    summary.unknown_types = dict(unknown)
+    summary.reconciled = dict(reconciled)
+    return summary
+
+
+def _insert_new_events(engine: sa.Engine, rows: list[dict]) -> list[dict]:
+    """Insert the events not stored yet; returns those (the others were delivered before)."""
+    t = email_events.c
+
+    def work(conn):
+        fresh = []
+        for chunk in _chunks(rows):
+            ids = [r["sg_event_id"] for r in chunk]
+            seen = set(conn.execute(sa.select(t.sg_event_id).where(t.sg_event_id.in_(ids))).scalars())
+            todo = [r for r in chunk if r["sg_event_id"] not in seen]
+            if todo:
+                conn.execute(_insert(engine, email_events).on_conflict_do_nothing(index_elements=["sg_event_id"]), todo)
+            fresh.extend(todo)
+        return fresh
+
+    return ledger.transactional(engine, work)
+
+
+def _events_for(engine: sa.Engine, column: str, values: Iterable[str], names: list[str]) -> pd.DataFrame:
+    t = email_events.c
+    rows = []
+    with engine.connect() as conn:
+        for chunk in _chunks(sorted(values)):
+            rows.extend(conn.execute(sa.select(*(t[n] for n in names)).where(t[column].in_(chunk))).all())
+    frame = pd.DataFrame(rows, columns=names)
+    if "occurred_at" in frame:
+        frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True)  # SQLite: naive UTC
+    return frame
+
+
+def _reconcile_ledger(engine: sa.Engine, keys: set[str], now: datetime) -> Counter:
+    """Rows a cut-off send left ``unknown``/``sending``: any event but dropped proves acceptance."""
+    done: Counter = Counter()
+    if not keys:
+        return done
+    found = ledger.lookup(engine, keys)
+    open_keys = set(found.index[found["status"].isin(("unknown", "sending"))])
+    if not open_keys:
+        return done
+    events = _events_for(engine, "ledger_key", open_keys, ["ledger_key", "event", "reason", "occurred_at"])
+    for key, group in events.groupby("ledger_key"):
+        accepted = group["event"] != "dropped"
+        if accepted.any():
+            changed = ledger.mark_outcome(engine, key, "accepted", http_status=202, now=now)
+            done["accepted"] += int(changed)
+        else:
+            reason = group["reason"].dropna()
+            error = "dropped by SendGrid" + (f": {reason.iloc[0]}" if len(reason) else "")
+            done["rejected"] += int(ledger.mark_outcome(engine, key, "rejected", error=error, now=now))
+    return done
+
+
+def _masks(events: pd.DataFrame) -> dict[str, pd.Series]:
+    """Boolean columns per kind of event, vectorised over all events."""
+    name = events["event"].astype(object)
+    bounce = name == "bounce"
+    hard = bounce & (events["bounce_type"].astype(object).fillna("bounce") != "blocked")
+    return {
+        "processed": name == "processed",
+        "delivered": name == "delivered",
+        "deferred": name == "deferred",
+        "dropped": name == "dropped",
+        "bounce": bounce,
+        "hard": hard,
+        "blocked": bounce & ~hard,
+        "open": name == "open",
+        "click": name == "click",
+        "spamreport": name == "spamreport",
+        "unsubscribe": name.isin(("unsubscribe", "group_unsubscribe")),
+    }
+
+
+def _times(events: pd.DataFrame, key: str, wanted: dict[str, pd.Series], how: str) -> pd.DataFrame:
+    """Per ``key``, the first (``min``) or last (``max``) instant of each kind of event."""
+    frame = pd.DataFrame({name: events["occurred_at"].where(mask) for name, mask in wanted.items()})
+    frame[key] = events[key].astype(object)
+    return frame.groupby(key).agg(how)
+
+
+def _counts(events: pd.DataFrame, key: str, wanted: dict[str, pd.Series]) -> pd.DataFrame:
+    frame = pd.DataFrame({name: mask.astype("int64") for name, mask in wanted.items()})
+    frame[key] = events[key].astype(object)
+    return frame.groupby(key).sum()
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows for SQLAlchemy: NaT/NaN as None, Timestamps as datetimes, numpy ints as ints."""
+    out = []
+    for row in frame.to_dict("records"):
+        clean = {}
+        for name, value in row.items():
+            if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+                clean[name] = None
+            elif isinstance(value, pd.Timestamp):
+                clean[name] = value.to_pydatetime()
+            elif hasattr(value, "item"):
+                clean[name] = value.item()
+            else:
+                clean[name] = value
+        out.append(clean)
+    return out
+
+
+def _refresh_outcomes(engine: sa.Engine, keys: set[str], sent: dict[str, Any], now: datetime) -> int:
+    """Recompute the outcome of ``keys`` from all their events; ``sent``: their ledger rows (run, flow)."""
+    if not keys:
+        return 0
+    events = _events_for(
+        engine, "ledger_key", keys, ["ledger_key", "customer_ref", "market", "event", "bounce_type", "occurred_at"]
+    )
+    if events.empty:
+        return 0
+    m = _masks(events)
+    seen = (
+        _counts(
+            events,
+            "ledger_key",
+            {
+                "bounced": m["hard"],
+                "dropped": m["dropped"],
+                "blocked": m["blocked"],
+                "delivered": m["delivered"],
+                "deferred": m["deferred"],
+            },
+        )
+        > 0
+    )
+    delivery = pd.Series("processed", index=seen.index, dtype=object)
+    for outcome in reversed(DELIVERY_ORDER[:-1]):  # the first in the order is applied last, so it wins
+        delivery = delivery.mask(seen[outcome], outcome)
+    times = _times(
+        events,
+        "ledger_key",
+        {
+            "processed_at": m["processed"],
+            "delivered_at": m["delivered"],
+            "bounced_at": m["bounce"],
+            "opened_at": m["open"],
+            "clicked_at": m["click"],
+            "complained_at": m["spamreport"],
+            "unsubscribed_at": m["unsubscribe"],
+        },
+        "min",
+    )
+    first = (
+        events.assign(ledger_key=events["ledger_key"].astype(object))
+        .groupby("ledger_key")[["customer_ref", "market"]]
+        .first()
+    )
+    table = first.join(times).assign(delivery=delivery, updated_at=now).reset_index()
+    table["run_id"] = [getattr(sent.get(k), "run_id", None) for k in table["ledger_key"]]
+    table["flow"] = [getattr(sent.get(k), "flow", None) for k in table["ledger_key"]]
+    _write(engine, send_outcomes, ["ledger_key"], _records(table))
+    return len(table)
+
+
+def _refresh_engagement(engine: sa.Engine, refs: set[str], now: datetime) -> int:
+    if not refs:
+        return 0
+    events = _events_for(
+        engine, "customer_ref", refs, ["customer_ref", "customer_id", "event", "bounce_type", "occurred_at"]
+    )
+    if events.empty:
+        return 0
+    m = _masks(events)
+    counts = _counts(
+        events,
+        "customer_ref",
+        {
+            "delivered": m["delivered"],
+            "opens": m["open"],
+            "clicks": m["click"],
+            "hard_bounces": m["hard"],
+            "soft_bounces": m["blocked"],
+            "spam_reports": m["spamreport"],
+            "unsubscribes": m["unsubscribe"],
+        },
+    )
+    times = _times(
+        events,
+        "customer_ref",
+        {
+            "last_open_at": m["open"],
+            "last_click_at": m["click"],
+            "last_bounce_at": m["bounce"],
+            "last_complaint_at": m["spamreport"],
+        },
+        "max",
+    )
+    ids = (
+        events.assign(customer_ref=events["customer_ref"].astype(object)).groupby("customer_ref")["customer_id"].first()
+    )
+    table = counts.join(times).assign(customer_id=ids, updated_at=now).reset_index()
+    _write(engine, customer_engagement, ["customer_ref"], _records(table))
+    return len(table)
+
+
+def health_counts(events: pd.DataFrame) -> pd.DataFrame:
+    """The gate's metrics per UTC day and market from events (event, bounce_type, market, occurred_at)."""
+    name = events["event"]
+    hard = (name == "bounce") & (events["bounce_type"].fillna("bounce") != "blocked")
+    flags = pd.DataFrame(
+        {
+            "requests": name == "processed",
+            "delivered": name == "delivered",
+            "bounces": hard,
+            "blocks": (name == "bounce") & ~hard,
+            "spam_reports": name == "spamreport",
+            "opens": name == "open",
+            "clicks": name == "click",
+            "unsubscribes": name.isin(("unsubscribe", "group_unsubscribe")),
+        }
+    ).astype("int64")
+    flags["day"] = pd.to_datetime(events["occurred_at"], utc=True).dt.date
+    flags["market"] = events["market"]
+    return flags.groupby(["day", "market"], as_index=False)[list(METRICS)].sum()
+
+
+def _recent_days(engine: sa.Engine, now: datetime, days: int) -> dict[str, set[date]]:
+    if days <= 0:
+        return {}
+    t = email_events.c
+    start = datetime.combine(now.date() - timedelta(days=days - 1), datetime.min.time(), tzinfo=UTC)
+    with engine.connect() as conn:
+        markets = conn.execute(
+            sa.select(t.market).where(t.market.is_not(None), t.occurred_at >= start).distinct()
+        ).scalars()
+        wanted = {start.date() + timedelta(days=i) for i in range(days)}
+        return {market: set(wanted) for market in markets}
+
+
+def _refresh_health(engine: sa.Engine, days: dict[str, set[date]], now: datetime) -> int:
+    """Recount the touched (market, day) pairs from all stored events; merge by per-metric maximum."""
+    if not days:
+        return 0
+    t = email_events.c
+    records = []
+    with engine.connect() as conn:
+        for market, wanted in days.items():
+            start = datetime.combine(min(wanted), datetime.min.time(), tzinfo=UTC)
+            end = datetime.combine(max(wanted), datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
+            query = sa.select(t.event, t.bounce_type, t.market, t.occurred_at).where(
+                t.market == market, t.occurred_at >= start, t.occurred_at < end
+            )
+            events = pd.DataFrame(conn.execute(query).all(), columns=["event", "bounce_type", "market", "occurred_at"])
+            counts = health_counts(events)
+            for row in counts[counts["day"].isin(wanted)].to_dict("records"):
+                records.append(
+                    {**row, **{m: int(row[m]) for m in METRICS}, "source": "event_webhook", "updated_at": now}
+                )
+    if not records:
+        return 0
+    stmt = _insert(engine, market_health)
+    biggest = sa.func.greatest if engine.dialect.name == "postgresql" else sa.func.max
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["day", "market"],
+        set_={
+            **{m: biggest(market_health.c[m], stmt.excluded[m]) for m in METRICS},
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    ledger.transactional(engine, lambda conn: conn.execute(stmt, records))
+    return len(records)
+
+
+def _write(engine: sa.Engine, table: sa.Table, keys: list[str], records: list[dict]) -> None:
+    if records:
+        stmt = _upsert(engine, table, keys)
+        ledger.transactional(engine, lambda conn: [conn.execute(stmt, c) for c in _chunks(records)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+
+
+def load_engagement(engine: sa.Engine) -> pd.DataFrame:
+    """Engagement per known customer, for ``segments.compute_profiles(engagement=...)``.
+
+    Columns: customer_id (int64), last_open_at, last_click_at (UTC), the counts (delivered, opens,
+    clicks, hard_bounces, soft_bounces, spam_reports, unsubscribes) and last_bounce_at,
+    last_complaint_at. Guests (no customer id) are not profiled and are left out.
+    """
+    columns = ["customer_id", *_ENGAGEMENT_COUNTS, *_ENGAGEMENT_TIMES]
+    t = customer_engagement.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(*(t[c] for c in columns)).where(t.customer_id.is_not(None))).all()
+    frame = pd.DataFrame(rows, columns=columns)
+    ids = pd.to_numeric(frame["customer_id"], errors="coerce")
+    if ids.isna().any():
+        bad = frame.loc[ids.isna(), "customer_id"].iloc[0]
+        raise FeedbackError(f"customer_engagement: customer_id {bad!r} is not an integer id")
+    frame["customer_id"] = ids.astype("int64")
+    for name in _ENGAGEMENT_TIMES:
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    return frame.sort_values("customer_id").reset_index(drop=True)
+
+
+def engagement_events(engine: sa.Engine, *, since: datetime | None = None) -> pd.DataFrame:
+    """Opens and clicks of known customers as ``personal_best_hour`` takes them: customer_id, occurred_at, kind."""
+    t = email_events.c
+    query = sa.select(t.customer_id, t.occurred_at, t.event).where(
+        t.event.in_(list(ENGAGEMENT_KINDS)), t.customer_id.is_not(None)
+    )
+    if since is not None:
+        query = query.where(t.occurred_at >= _now(since))
+    with engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(query).all(), columns=["customer_id", "occurred_at", "kind"])
+    frame["customer_id"] = pd.to_numeric(frame["customer_id"], errors="coerce").astype("Int64")
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True)
+    frame["kind"] = frame["kind"].map(ENGAGEMENT_KINDS)
+    return frame.dropna(subset=["customer_id"]).reset_index(drop=True)
+
+
+def best_hours(engine: sa.Engine, customers: pd.DataFrame, markets, *, since: datetime | None = None) -> pd.DataFrame:
+    """Personal best send hour of customers who opened or clicked: customer_id, best_hour, best_hour_events.
+
+    ``customers``: customer_id, market, time_zone (country, region help resolve the zone).
+    Customers without events are left out: their send time stays the market's window as before.
+    """
+    from remarketing.timing.send_windows import personal_best_hour, resolve_time_zones
+
+    events = engagement_events(engine, since=since)
+    empty = pd.DataFrame({"customer_id": pd.Series(dtype="int64"), "best_hour": pd.Series(dtype="Int64")})
+    if events.empty or customers.empty:
+        return empty.assign(best_hour_events=pd.Series(dtype="int64"))
+    people = customers[customers["customer_id"].isin(set(events["customer_id"].astype("int64")))]
+    if people.empty:
+        return empty.assign(best_hour_events=pd.Series(dtype="int64"))
+    zone_columns = [c for c in ("market", "time_zone", "country", "region") if c in people]
+    zones = resolve_time_zones(people[zone_columns], markets)
+    people = pd.DataFrame(
+        {
+            "customer_id": people["customer_id"].astype("int64"),
+            "market": people["market"],
+            "time_zone": zones["time_zone"],
+        }
+    )
+    best = personal_best_hour(events.astype({"customer_id": "int64"}), people, markets)
+    best = best[best["best_hour_source"] == "personal"]
+    return best[["customer_id", "best_hour", "best_hour_events"]].astype({"best_hour": "Int64"}).reset_index(drop=True)
+
+
+def delivery_outcomes(engine: sa.Engine, keys: Iterable[str]) -> pd.DataFrame:
+    """``send_outcomes`` rows for ``keys`` (index ledger_key)."""
+    t = send_outcomes.c
+    rows = []
+    with engine.connect() as conn:
+        for chunk in _chunks(sorted(set(keys))):
+            rows.extend(conn.execute(sa.select(send_outcomes).where(t.ledger_key.in_(chunk))).all())
+    frame = pd.DataFrame(rows, columns=[c.name for c in send_outcomes.columns]).set_index("ledger_key")
+    for name in (*_OUTCOME_TIMES, "unsubscribed_at", "updated_at"):
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    return frame
+
+
+def pending_batches(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(sa.select(sa.func.count()).where(email_event_batches.c.folded_at.is_(None))).scalar_one()
+        )
+
+
+def event_json(events: list[dict]) -> bytes:
+    """A batch body as SendGrid sends it (compact JSON); for tests and tools."""
+    return json.dumps(events, separators=(",", ":")).encode("utf-8")
