@@ -28,6 +28,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # The clock tests at a spread of instants first (tests/clock.py), then the whole suite; both always
 # run, and either failing fails the target.

@@ -41,9 +41,11 @@ each mail to `$REMARKETING_DATA_BASE/outbox/` with an `index.html` to browse the
 
 from airflow.sdk import Asset, Param, dag, task
 
+from remarketing.delivery.tasks import sync_suppressions
 from remarketing.platform.dag_defaults import START_DATE, STORE_TABLES, default_args, recovery_schedule
-from remarketing.platform.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
+from remarketing.platform.dag_parts import markets_param
 from remarketing.platform.notify import dag_failure_callback
+from remarketing.store.tasks import store_extract_and_validate
 
 CART_RECOVERY = Asset("cart_recovery")
 
@@ -73,8 +75,8 @@ def cart_recovery():
     @task
     def find_abandoned_carts(validated: dict, params: dict | None = None, run_id: str | None = None) -> list[dict]:
         """Scan the validated carts; write each market's audience. XCom: paths and counts."""
+        from remarketing.delivery.tasks import setup_errors_fail_the_task
         from remarketing.flows.cart_recovery.tasks import find_abandoned_carts
-        from remarketing.platform.dag_parts import setup_errors_fail_the_task
 
         with setup_errors_fail_the_task():
             return find_abandoned_carts(validated, markets=params["markets"], run_id=run_id, as_of=params["as_of"])
@@ -82,8 +84,8 @@ def cart_recovery():
     @task(map_index_template="{{ task.op_kwargs['job']['market'] }}", pool="remarketing_sends")
     def send_market(job: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> dict:
         """Gate, windows, re-check, render, ledger, send for one market; logs its outcome table."""
+        from remarketing.delivery.tasks import setup_errors_fail_the_task
         from remarketing.flows.cart_recovery.tasks import send_recovery_market
-        from remarketing.platform.dag_parts import setup_errors_fail_the_task
 
         with setup_errors_fail_the_task():
             return send_recovery_market(job, run_id=run_id, try_number=ti.try_number, dry_run=params["dry_run"])

@@ -35,8 +35,9 @@ per market: gate status, delivered, bounces, spam reports, opens, clicks and the
 
 from airflow.sdk import Asset, dag, task
 
+from remarketing.delivery.tasks import sync_suppressions
 from remarketing.platform.dag_defaults import START_DATE, default_args
-from remarketing.platform.dag_parts import markets_param, sync_suppressions
+from remarketing.platform.dag_parts import markets_param
 from remarketing.platform.notify import dag_failure_callback
 
 EMAIL_FEEDBACK = Asset("email_feedback")

@@ -59,8 +59,8 @@ from airflow.sdk import Param, dag, task
 
 from remarketing.platform.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
 from remarketing.platform.dag_defaults import START_DATE, default_args
-from remarketing.platform.dag_parts import store_extract_and_validate
 from remarketing.platform.notify import dag_failure_callback
+from remarketing.store.tasks import store_extract_and_validate
 
 
 @dag(

@@ -59,10 +59,12 @@ from pathlib import Path
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
+from remarketing.delivery.tasks import sync_suppressions
 from remarketing.platform.assets import CUSTOMER_PROFILES
 from remarketing.platform.dag_defaults import INCLUDE, START_DATE, default_args
-from remarketing.platform.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
+from remarketing.platform.dag_parts import markets_param
 from remarketing.platform.notify import dag_failure_callback
+from remarketing.store.tasks import store_extract_and_validate
 
 CAMPAIGN_ID_PATTERN = "^[a-z0-9][a-z0-9-]{2,62}$"  # remarketing.flows.campaigns.audience (tested equal)
 VARIANT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,31}$"

@@ -36,9 +36,11 @@ log ends with the outcome table; `summarize` shows all markets together.
 
 from airflow.sdk import Param, dag, task
 
+from remarketing.delivery.tasks import sync_suppressions
 from remarketing.platform.dag_defaults import START_DATE, default_args
-from remarketing.platform.dag_parts import markets_param, store_extract_and_validate, sync_suppressions
+from remarketing.platform.dag_parts import markets_param
 from remarketing.platform.notify import dag_failure_callback
+from remarketing.store.tasks import store_extract_and_validate
 
 
 @dag(
@@ -73,8 +75,8 @@ def welcome_series():
     @task
     def find_new_members(validated: dict, params: dict | None = None, run_id: str | None = None) -> list[dict]:
         """New registrations due the welcome mail, and members due the reminder, per market."""
+        from remarketing.delivery.tasks import setup_errors_fail_the_task
         from remarketing.flows.welcome.tasks import find_welcome_audience
-        from remarketing.platform.dag_parts import setup_errors_fail_the_task
 
         with setup_errors_fail_the_task():
             return find_welcome_audience(validated, params=params, run_id=run_id)
@@ -82,8 +84,8 @@ def welcome_series():
     @task(map_index_template="{{ task.op_kwargs['job']['market'] }}", pool="remarketing_sends")
     def send_market(job: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> dict:
         """Gate, windows, render (shared content), ledger, send for one market."""
+        from remarketing.delivery.tasks import setup_errors_fail_the_task
         from remarketing.flows.welcome.tasks import send_welcome_market
-        from remarketing.platform.dag_parts import setup_errors_fail_the_task
 
         with setup_errors_fail_the_task():
             return send_welcome_market(job, run_id=run_id, try_number=ti.try_number, dry_run=params["dry_run"])

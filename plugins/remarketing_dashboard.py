@@ -58,7 +58,7 @@ async def airflow_user_may_view(request: Request) -> None:
 
 def _state_engine():
     """The remarketing DB, schema brought up to date once per process."""
-    from remarketing.platform.runtime import migrated_remarketing_engine
+    from remarketing.platform.connections import migrated_remarketing_engine
 
     return migrated_remarketing_engine()
 

@@ -87,7 +87,7 @@ def create_app(
         """The given engine, or the ``remarketing_db`` connection's: an edited connection is used at once."""
         if engine_factory is not None:
             return resource("engine", engine_factory)
-        from remarketing.platform.runtime import remarketing_url
+        from remarketing.platform.connections import remarketing_url
 
         url = remarketing_url()
         return resource(("engine", url), lambda: _state_engine_for(url))

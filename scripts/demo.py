@@ -33,7 +33,7 @@ DEMO_LINK_SECRET = "demo-link-secret-change-me-in-production"
 
 
 def airflow_env() -> dict[str, str]:
-    from remarketing.platform.runtime import airflow_conn_json
+    from remarketing.platform.connections import airflow_conn_json
 
     env = os.environ.copy()
     env.update(

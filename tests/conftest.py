@@ -108,7 +108,7 @@ def airflow_metadata() -> str:
 
 def sqlite_conn_env(path: Path) -> str:
     """An AIRFLOW_CONN_* value for a SQLite file."""
-    from remarketing.platform.runtime import airflow_conn_json
+    from remarketing.platform.connections import airflow_conn_json
 
     return airflow_conn_json(f"sqlite:///{path}")
 

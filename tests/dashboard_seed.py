@@ -17,11 +17,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from remarketing.delivery import ledger
+from remarketing.delivery.engagement import send_outcomes
 from remarketing.delivery.gate import refresh_market_health
 from remarketing.delivery.ledger import ClaimContext
 from remarketing.delivery.messages import SendResult
 from remarketing.flows.cart_recovery.store import record_attributions
-from remarketing.flows.feedback.store import send_outcomes
 
 # Per market: the day's send runs (flow, run id, try -> outcome counts), the fate of the mails
 # accepted in the last try, SendGrid's stats over the gate window, and recovered orders.

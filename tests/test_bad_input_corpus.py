@@ -19,7 +19,8 @@ from bad_input.cases import CASES, NOW, ROW_CASES, TABLE_CASES, Accepted, Quaran
 
 from remarketing.markets import load_markets
 from remarketing.store.schema import CANONICAL_TABLES
-from remarketing.store.validation.run import FeedBroken, ValidationPolicy, validate_store
+from remarketing.store.validation.results import FeedBroken, ValidationPolicy
+from remarketing.store.validation.run import validate_store
 
 
 def _read(path: str | None) -> list[dict]:

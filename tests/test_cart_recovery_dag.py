@@ -203,7 +203,7 @@ def test_recovery_through_sendgrid_from_a_postgres_store(airflow_metadata, run_d
     from databases import fresh_postgres_database
     from fake_sendgrid import FakeSendGrid
 
-    from remarketing.platform.runtime import airflow_conn_json
+    from remarketing.platform.connections import airflow_conn_json
 
     frames = demo_shop(datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
     with fresh_postgres_database("rmk_store") as store_url, fresh_postgres_database("rmk_state") as state_url:

@@ -98,7 +98,7 @@ def test_cart_recovery_and_lifecycle_segments_run_on_celery_through_the_rest_api
     from fake_sendgrid import FakeSendGrid
     from market_fixtures import write_open_markets
 
-    from remarketing.platform.runtime import airflow_conn_json
+    from remarketing.platform.connections import airflow_conn_json
 
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     frames = generate_store(customers=300, seed=5, as_of=now)

@@ -140,7 +140,7 @@ def sign(private_key, body: bytes) -> dict[str, str]:
 
 
 def outcomes(run_data: Path, run_id: str) -> pd.DataFrame:
-    from remarketing.store.snapshots import run_folder_name
+    from remarketing.platform.storage import run_folder_name
 
     folder = run_data / "sends" / "cart_recovery" / run_folder_name(run_id)
     parts = []
@@ -259,7 +259,7 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     assert (result["market"] == halted).any(), "the halted market had carts due"
     mine = result[result["customer_id"] == str(int(bounced["customer_id"]))]
     assert not mine.empty and set(mine["outcome"]) == {"suppressed"}
-    from remarketing.store.snapshots import run_folder_name
+    from remarketing.platform.storage import run_folder_name
 
     audience = pd.read_parquet(
         run_data / "audiences" / "cart_recovery" / run_folder_name(later.run_id) / f"market={engaged_market}.parquet"

@@ -233,33 +233,33 @@ def test_a_missing_column_fails_permanently_naming_connection_and_table(store, s
 
 
 def test_an_unreachable_store_is_a_retryable_error_naming_the_connection(monkeypatch):
-    from remarketing.platform import runtime
+    from remarketing.platform import connections
 
     monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", "postgres://nobody@127.0.0.1:1/shop")
-    with pytest.raises(extract.StoreExtractError) as failure:
-        with runtime.store_connection("orders"):
+    with pytest.raises(connections.ConnectionSetupError) as failure:
+        with connections.store_connection("orders"):
             pass
     assert not failure.value.permanent
     assert "connection 'store_db' (postgres), table orders: cannot connect" in str(failure.value)
 
 
 def test_a_connection_of_the_wrong_type_is_refused_by_name(monkeypatch):
-    from remarketing.platform import runtime
+    from remarketing.platform import connections
 
     monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", "http://shop.example.com")
-    with pytest.raises(extract.StoreExtractError) as failure:
-        with runtime.store_connection("carts"):
+    with pytest.raises(connections.ConnectionSetupError) as failure:
+        with connections.store_connection("carts"):
             pass
     assert failure.value.permanent
     assert "connection 'store_db' (store database) has type 'http'" in str(failure.value)
 
 
 def test_an_undefined_connection_is_refused_by_name(monkeypatch):
-    from remarketing.platform import runtime
+    from remarketing.platform import connections
 
     monkeypatch.delenv("AIRFLOW_CONN_STORE_DB", raising=False)
-    with pytest.raises(extract.StoreExtractError) as failure:
-        with runtime.store_connection("carts"):
+    with pytest.raises(connections.ConnectionSetupError) as failure:
+        with connections.store_connection("carts"):
             pass
     assert "connection 'store_db' (store database) is not defined" in str(failure.value)
 
@@ -267,12 +267,12 @@ def test_an_undefined_connection_is_refused_by_name(monkeypatch):
 def test_a_missing_sqlite_store_file_is_not_created_silently(monkeypatch, tmp_path):
     from conftest import sqlite_conn_env
 
-    from remarketing.platform import runtime
+    from remarketing.platform import connections
 
     missing = tmp_path / "nope.db"
     monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", sqlite_conn_env(missing))
-    with pytest.raises(extract.StoreExtractError, match="does not exist"):
-        with runtime.store_connection("customers"):
+    with pytest.raises(connections.ConnectionSetupError, match="does not exist"):
+        with connections.store_connection("customers"):
             pass
     assert not missing.exists()
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from databases import fresh_mariadb_database, fresh_postgres_database
 
 from demo_shop.generator import generate_store, write_store
-from remarketing.platform import runtime, state
+from remarketing.platform import connections, state
 from remarketing.store import snapshots
 from remarketing.store.schema import CANONICAL_TABLES, metadata
 
@@ -41,12 +41,12 @@ def stores(frames, tmp_path_factory):
 
 
 def refresh_all(url: str, work, run_id: str, monkeypatch) -> dict[str, snapshots.TableSnapshot]:
-    monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", runtime.airflow_conn_json(url))
+    monkeypatch.setenv("AIRFLOW_CONN_STORE_DB", connections.airflow_conn_json(url))
     engine = state.create_state_engine(f"sqlite:///{work / 'remarketing.db'}")
     state.upgrade(engine)
     results = {}
     for table in CANONICAL_TABLES:
-        with runtime.store_connection(table) as conn:
+        with connections.store_connection(table) as conn:
             results[table] = snapshots.refresh_table(
                 store_conn=conn,
                 store_name="store_db",

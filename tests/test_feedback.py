@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
 from remarketing.delivery import ledger
+from remarketing.delivery.engagement import best_hours, delivery_outcomes, email_events, load_engagement, send_outcomes
 from remarketing.delivery.gate import check_market, health_totals, market_health, refresh_market_health
 from remarketing.delivery.messages import Message, Recipient
 from remarketing.delivery.retry import RetryPolicy
@@ -24,15 +25,10 @@ from remarketing.delivery.suppressions import suppression_reasons, suppression_s
 from remarketing.flows.feedback.store import (
     FeedbackError,
     apply_suppressions,
-    best_hours,
-    delivery_outcomes,
     email_event_batches,
-    email_events,
     event_json,
     fold_pending,
-    load_engagement,
     pending_batches,
-    send_outcomes,
     store_batch,
 )
 from remarketing.markets import MarketConfig, parse_markets

@@ -62,7 +62,7 @@ def seeded():
 def api_server(seeded, tmp_path_factory):
     from celery_stack import celery_stack
 
-    from remarketing.platform.runtime import airflow_conn_json
+    from remarketing.platform.connections import airflow_conn_json
 
     url, _day = seeded
     logs = tmp_path_factory.mktemp("page-stack-logs")

@@ -26,14 +26,14 @@ from remarketing.platform import state
 from remarketing.store.extract import ISSUES_COLUMN, arrow_schema
 from remarketing.store.schema import CANONICAL_TABLES
 from remarketing.store.validation import rules as validation_rules
-from remarketing.store.validation.run import (
+from remarketing.store.validation.results import (
     ConservationError,
     FeedBroken,
     ValidationPolicy,
     quarantine,
-    validate_store,
     validation_runs,
 )
+from remarketing.store.validation.run import validate_store
 
 
 def _validate(store: Store, folder, tables=None, **kwargs):

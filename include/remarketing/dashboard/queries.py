@@ -30,10 +30,10 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
+from remarketing.delivery.engagement import send_outcomes
 from remarketing.delivery.gate import GateDecision, check_market, market_health
 from remarketing.delivery.ledger import send_runs
 from remarketing.flows.cart_recovery.store import recovery_attributions
-from remarketing.flows.feedback.store import send_outcomes
 from remarketing.markets import Market, MarketConfig
 
 # Funnel groups of the send step's outcomes (remarketing.delivery.send_step.OUTCOMES).

@@ -683,7 +683,7 @@ def _write_outcomes(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from remarketing.store.snapshots import run_folder_name
+    from remarketing.platform.storage import run_folder_name
 
     if isinstance(base, str):
         from pathlib import Path

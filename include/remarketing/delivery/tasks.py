@@ -10,13 +10,18 @@ Airflow Variable ``remarketing_link_secret``; the shop verifies them with the sa
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
+
+from airflow.sdk import task
 
 TRANSPORT_ENV = "REMARKETING_TRANSPORT"
 LINK_SECRET_ENV = "REMARKETING_LINK_SECRET"
 LINK_SECRET_VARIABLE = "remarketing_link_secret"
 SENDGRID_CONN_ID = "sendgrid_default"
+SAMPLES_FOLDER = "outbox-dry-run"
 
 
 class DeliverySetupError(RuntimeError):
@@ -54,7 +59,7 @@ def make_transport(rehearsal_now=None):
 
         return SendGridTransport.from_connection(SENDGRID_CONN_ID)
     from remarketing.delivery.outbox import OutboxTransport
-    from remarketing.platform.runtime import data_base_path
+    from remarketing.platform.storage import data_base_path
 
     folder = data_base_path() / "outbox"
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,8 +82,8 @@ def sync_suppressions_and_health(markets: list[str]) -> dict[str, Any]:
     from remarketing.delivery.gate import refresh_market_health
     from remarketing.delivery.suppressions import sync_suppressions
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import prepare_state, remarketing_engine
-    from remarketing.store.extract import utcnow
+    from remarketing.platform.clock import utcnow
+    from remarketing.platform.connections import prepare_state, remarketing_engine
 
     api = make_api()
     if api is None:
@@ -97,3 +102,59 @@ def sync_suppressions_and_health(markets: list[str]) -> dict[str, Any]:
         engine.dispose()
     print("suppressions synced: " + (", ".join(f"{k} {v}" for k, v in synced.items()) or "none new"))
     return {"transport": "sendgrid", "suppressions": synced, "health_days": days}
+
+
+@task
+def sync_suppressions(params: dict | None = None) -> dict:
+    """Pull SendGrid's suppressions (paged, from the high-water mark) and per-market stats before anyone is mailed."""
+    return sync_suppressions_and_health(markets=params["markets"])
+
+
+@contextmanager
+def setup_errors_fail_the_task():
+    """Delivery that is not configured (no link secret, a rehearsal on SendGrid) fails at once: retrying won't help."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except DeliverySetupError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def resolve_now(as_of: str | None):
+    """The run's "now": the wall clock, or a rehearsal instant (outbox transport only)."""
+    from datetime import UTC, datetime
+
+    from remarketing.platform.clock import utcnow
+
+    now = utcnow()
+    if not as_of:
+        return now
+    chosen = datetime.fromisoformat(as_of)
+    chosen = chosen.replace(tzinfo=chosen.tzinfo or UTC).astimezone(UTC)
+    if transport_name() != "outbox" and abs(chosen - now) > timedelta(minutes=5):
+        raise DeliverySetupError("as_of may differ from the clock only with the outbox transport (a rehearsal)")
+    return chosen
+
+
+def job_now(job: Mapping[str, Any]):
+    """A send task's "now": the rehearsal instant its plan recorded, or the clock."""
+    return resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
+
+
+def write_samples(samples: Mapping[tuple, Any], *, run_id: str, market: str, label: str) -> str | None:
+    """Dry run: one rendered mail per (content, locale) into ``$REMARKETING_DATA_BASE/outbox-dry-run/``."""
+    from dataclasses import replace
+
+    from remarketing.delivery.outbox import OutboxTransport
+    from remarketing.platform.storage import run_folder
+
+    if not samples:
+        return None
+    folder = run_folder(SAMPLES_FOLDER, label, run_id=run_id)
+    outbox = OutboxTransport(folder)
+    for message in samples.values():
+        outbox.send_one(replace(message, recipients=message.recipients[:1], send_at=None))
+    outbox.close()  # writes index.html
+    print(f"  {market}: {len(samples)} sample mail(s) rendered into {folder}")
+    return str(folder)

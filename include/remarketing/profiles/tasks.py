@@ -40,9 +40,10 @@ def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str
     """Compute profiles, stages and transitions; upsert them and write a Parquet snapshot."""
     from datetime import UTC
 
-    from remarketing.flows.feedback.store import load_engagement
+    from remarketing.delivery.engagement import load_engagement
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import read_clean, remarketing_engine, run_folder
+    from remarketing.platform.connections import remarketing_engine
+    from remarketing.platform.storage import read_clean, run_folder
     from remarketing.profiles.lifecycle import compute_profiles, load_lifecycle_config, stage_transitions
     from remarketing.profiles.store import load_profiles, write_profiles
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from remarketing.platform.connections import ConnectionSetupError
 from remarketing.store.schema import CANONICAL_TABLES, TableSpec
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "store"
@@ -45,16 +46,12 @@ ARROW_TYPES = {
 }
 
 
-class StoreExtractError(RuntimeError):
+class StoreExtractError(ConnectionSetupError):
     """Extraction of one table failed; the message names the connection and the table.
 
     ``permanent`` marks failures a retry cannot fix (wrong connection type, a missing table
     or column): the task fails at once instead of retrying.
     """
-
-    def __init__(self, message: str, *, permanent: bool = False):
-        super().__init__(message)
-        self.permanent = permanent
 
 
 _PERMANENT_ERROR_NAMES = ("ProgrammingError", "UndefinedTable", "UndefinedColumn", "NoSuchTable")
@@ -356,7 +353,3 @@ def table_spec(table: str) -> TableSpec:
         return CANONICAL_TABLES[table]
     except KeyError:
         raise StoreExtractError(f"unknown canonical table {table!r}; known: {', '.join(CANONICAL_TABLES)}") from None
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

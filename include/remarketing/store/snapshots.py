@@ -8,15 +8,14 @@ extracts the same window again.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from remarketing.platform import state
+from remarketing.platform.clock import utcnow
+from remarketing.platform.storage import read_table, run_folder_name, write_table
 from remarketing.store import extract
 
 
@@ -35,21 +34,6 @@ class TableSnapshot:
 
     def to_xcom(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def run_folder_name(run_id: str) -> str:
-    """A path-safe folder name for an Airflow run id (which holds ':' and '+')."""
-    return "run=" + re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-
-
-def _read_parquet(path: Any):
-    with path.open("rb") as handle:
-        return pq.read_table(handle)
-
-
-def _write_parquet(table, path: Any) -> None:
-    with path.open("wb") as handle:
-        pq.write_table(table, handle, compression="zstd")
 
 
 def refresh_table(
@@ -75,7 +59,7 @@ def refresh_table(
     path_factory = path_factory or type(base_path)
     previous = state.get_watermark(state_engine, table)
     lower = None if full_refresh else previous.watermark
-    now = now or extract.utcnow()
+    now = now or utcnow()
 
     run_dir = base_path / "store" / table / run_folder_name(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,9 +86,9 @@ def refresh_table(
     elif full_refresh or not previous.snapshot_path:
         published_path, snapshot_rows = str(delta_path), delta.rows  # nothing to merge: the delta is the mirror
     else:
-        base = _read_parquet(path_factory(previous.snapshot_path))
-        merged = extract.merge_snapshot(base, _read_parquet(delta_path), spec.key)
-        _write_parquet(merged, snapshot_path)
+        base = read_table(path_factory(previous.snapshot_path))
+        merged = extract.merge_snapshot(base, read_table(delta_path), spec.key)
+        write_table(merged, snapshot_path)
         published_path, snapshot_rows = str(snapshot_path), merged.num_rows
 
     new_watermark = window.upper if window.upper is not None else lower

@@ -13,29 +13,12 @@ claims, batch id and retry take-over never mix with another campaign's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from remarketing.flows.campaigns.audience import FLOW, HOLDOUT, PRESEND_OUTCOMES, Campaign, CampaignError
-
-SAMPLES_FOLDER = "outbox-dry-run"
-
-
-def _write_parquet(frame, path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with path.open("wb") as handle:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle, compression="zstd")
-
-
-def _read_parquet(path: str):
-    import pyarrow.parquet as pq
-    from airflow.sdk import ObjectStoragePath
-
-    with ObjectStoragePath(path).open("rb") as handle:
-        return pq.read_table(handle).to_pandas()
+from remarketing.platform.storage import read_frame, write_frame
 
 
 def send_run_id(run_id: str, campaign_id: str) -> str:
@@ -44,128 +27,6 @@ def send_run_id(run_id: str, campaign_id: str) -> str:
 
 
 # --- shared-content rendering (campaigns and the welcome series) -----------------------------------
-
-
-class SharedContentRenderer:
-    """The send step's render callback for shared content.
-
-    ``content(key, locale) -> (template, context)`` gives what to render for a group of members
-    sharing ``group_columns`` values and a locale; it is rendered once (``render_shared``) and
-    each member gets substitutions (greeting, unsubscribe_url) and a List-Unsubscribe header.
-    The first message of each group is kept (``samples``) for dry-run previews.
-    """
-
-    def __init__(
-        self,
-        *,
-        flow: str,
-        market,
-        secret: bytes,
-        group_columns: tuple[str, ...],
-        content: Callable[[tuple, str], tuple[str, Mapping[str, Any]]],
-        categories: Callable[[tuple], tuple[str, ...]] = lambda key: (),
-        custom_args: Callable[[tuple], Mapping[str, str]] = lambda key: {},
-        renderer=None,
-    ):
-        from remarketing.content.engine import MailRenderer
-
-        self.flow = flow
-        self.market = market
-        self.secret = secret
-        self.group_columns = group_columns
-        self.content = content
-        self.categories = categories
-        self.custom_args = custom_args
-        self.renderer = renderer or MailRenderer()
-        self._mails: dict[tuple, Any] = {}
-        self.samples: dict[tuple, Any] = {}
-
-    def _mail(self, key: tuple, locale: str):
-        from remarketing.content.engine import SHARED_PLACEHOLDERS
-
-        cache_key = (*key, locale)
-        if cache_key not in self._mails:
-            try:
-                template, context = self.content(key, locale)
-                self._mails[cache_key] = self.renderer.render_shared(template, locale, context, SHARED_PLACEHOLDERS)
-            except Exception as exc:  # noqa: BLE001 - RenderError, CampaignError: the group fails, not the market
-                self._mails[cache_key] = exc
-        return self._mails[cache_key]
-
-    def __call__(self, chunk):
-        from remarketing.content.engine import SHARED_PLACEHOLDERS, substitutions_for
-        from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
-        from remarketing.delivery.messages import Message, Recipient
-        from remarketing.delivery.send_step import RenderFailure
-
-        market, sender = self.market, self.market.sender
-        columns = ["locale", *self.group_columns]
-        for values, group in chunk.groupby(columns, sort=True, dropna=False):
-            locale, key = values[0], tuple(values[1:])
-            mail = self._mail(key, locale)
-            keys = tuple(group["ledger_key"])
-            if isinstance(mail, Exception):
-                yield RenderFailure(keys, f"render failed for {'/'.join(map(str, key))} [{locale}]: {mail}")
-                continue
-            recipients = []
-            for row in group.to_dict("records"):
-                token = sign_unsubscribe_token(
-                    row["customer_ref"],
-                    market=market.code,
-                    group_id=market.sendgrid_unsubscribe_group_id,
-                    secret=self.secret,
-                )
-                unsubscribe = unsubscribe_url(market.storefront.unsubscribe_url, token)
-                first = row.get("first_name")
-                first = first if isinstance(first, str) else None
-                last = row.get("last_name")
-                last = last if isinstance(last, str) else None
-                recipients.append(
-                    Recipient(
-                        email=row["email"],
-                        ledger_key=row["ledger_key"],
-                        name=first,
-                        substitutions=substitutions_for(
-                            SHARED_PLACEHOLDERS,
-                            {"greeting": self.renderer.greeting(locale, first, last), "unsubscribe_url": unsubscribe},
-                        ),
-                        headers={"List-Unsubscribe": f"<{unsubscribe}>"},
-                        custom_args={"time_zone": str(row["time_zone"])},
-                    )
-                )
-            message = Message(
-                recipients=tuple(recipients),
-                from_email=sender.from_email,
-                from_name=sender.from_name,
-                reply_to=sender.reply_to,
-                subject=mail.subject,
-                html=mail.html,
-                text=mail.text,
-                categories=self.categories(key),
-                asm_group_id=market.sendgrid_unsubscribe_group_id,
-                marketing=True,
-                custom_args={"flow": self.flow, "market": market.code, **self.custom_args(key)},
-            )
-            self.samples.setdefault((*key, locale), message)
-            yield message
-
-
-def write_samples(samples: Mapping[tuple, Any], *, run_id: str, market: str, label: str) -> str | None:
-    """Dry run: one rendered mail per (content, locale) into ``$REMARKETING_DATA_BASE/outbox-dry-run/``."""
-    from dataclasses import replace
-
-    from remarketing.delivery.outbox import OutboxTransport
-    from remarketing.platform.runtime import run_folder
-
-    if not samples:
-        return None
-    folder = run_folder(SAMPLES_FOLDER, label, run_id=run_id)
-    outbox = OutboxTransport(folder)
-    for message in samples.values():
-        outbox.send_one(replace(message, recipients=message.recipients[:1], send_at=None))
-    outbox.close()  # writes index.html
-    print(f"  {market}: {len(samples)} sample mail(s) rendered into {folder}")
-    return str(folder)
 
 
 # --- plan ----------------------------------------------------------------------------------------
@@ -181,6 +42,7 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
     """Which campaigns run in which markets today; writes each (campaign, market) audience. XCom: paths and counts."""
     import pandas as pd
 
+    from remarketing.delivery.tasks import resolve_now
     from remarketing.flows.campaigns.audience import (
         campaign_audience,
         campaign_from_params,
@@ -193,9 +55,9 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
         send_horizon,
         variant_history,
     )
-    from remarketing.flows.cart_recovery.tasks import resolve_now
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import read_clean, remarketing_engine, run_folder
+    from remarketing.platform.connections import remarketing_engine
+    from remarketing.platform.storage import read_clean, run_folder
     from remarketing.profiles.store import load_profiles, transitions_since
 
     markets = load_markets()
@@ -257,8 +119,8 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
             folder = run_folder("audiences", FLOW, campaign.campaign_id, run_id=run_id)
             audience_path = folder / f"market={code}.parquet"
             skipped_path = folder / f"market={code}-skipped.parquet"
-            _write_parquet(members.audience, audience_path)
-            _write_parquet(members.skipped, skipped_path)
+            write_frame(members.audience, audience_path)
+            write_frame(members.skipped, skipped_path)
             counts = members.counts()
             variants = members.audience["content_version"].value_counts().to_dict()
             print(
@@ -291,9 +153,10 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
 # --- send ----------------------------------------------------------------------------------------
 
 
-def campaign_renderer(campaign: Campaign, market, secret: bytes, renderer=None) -> SharedContentRenderer:
+def campaign_renderer(campaign: Campaign, market, secret: bytes, renderer=None):
     """Shared content per (variant, arm): campaign_context with the arm's subject, UTM content = variant."""
     from remarketing.content.engine import campaign_context
+    from remarketing.delivery.shared_content import SharedContentRenderer
 
     def content(key: tuple, locale: str):
         variant, arm = key
@@ -330,7 +193,7 @@ def _members(skipped, outcomes_path: str | None):
         ]
     ]
     if outcomes_path:
-        sent = _read_parquet(outcomes_path)
+        sent = read_frame(outcomes_path)
         if len(sent):
             parts = sent["ledger_key"].str.split("/", expand=True)
             frames.append(
@@ -354,15 +217,15 @@ def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     """One market's campaigns, one after the other, through the shared send step; logs the outcome tables."""
     from remarketing.content.engine import MailRenderer
     from remarketing.delivery.send_step import OUTCOMES, send_market
-    from remarketing.delivery.tasks import link_secret, make_api, make_transport
+    from remarketing.delivery.tasks import job_now, link_secret, make_api, make_transport, write_samples
     from remarketing.flows.campaigns.audience import record_members, send_horizon
-    from remarketing.flows.cart_recovery.tasks import resolve_now
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import data_base_path, remarketing_engine
+    from remarketing.platform.connections import remarketing_engine
+    from remarketing.platform.storage import data_base_path
 
     market = load_markets()[job["market"]]
     secret = link_secret()
-    now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
+    now = job_now(job)
     engine = remarketing_engine()
     transport = make_transport(now if job.get("rehearsal") else None)
     api = make_api()
@@ -371,8 +234,8 @@ def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     try:
         for planned in job["campaigns"]:
             campaign = Campaign(**planned["campaign"])
-            audience = _read_parquet(planned["audience_path"])
-            skipped = _read_parquet(planned["skipped_path"])
+            audience = read_frame(planned["audience_path"])
+            skipped = read_frame(planned["skipped_path"])
             horizon = send_horizon(date.fromisoformat(planned["send_date"]), market, now, audience["time_zone"])
             render = campaign_renderer(campaign, market, secret, renderer)
             summary = send_market(

@@ -10,17 +10,9 @@ from datetime import timedelta
 from typing import Any
 
 from remarketing.flows.cart_recovery.audience import FLOW
-from remarketing.platform.runtime import read_clean
+from remarketing.platform.storage import read_clean, write_frame
 
 RECOVERY_TABLES = ("customers", "products", "carts", "cart_items", "orders", "order_items")
-
-
-def _write_parquet(frame, path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with path.open("wb") as handle:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle, compression="zstd")
 
 
 def ledger_history(engine) -> Any:
@@ -44,34 +36,19 @@ def ledger_history(engine) -> Any:
     return rows.dropna(subset=["cart_id", "step"]).astype({"cart_id": "int64", "step": "int64"})
 
 
-def resolve_now(as_of: str | None):
-    """The run's "now": the wall clock, or a rehearsal instant (outbox transport only)."""
-    from datetime import UTC, datetime
-
-    from remarketing.delivery.tasks import DeliverySetupError, transport_name
-    from remarketing.store.extract import utcnow
-
-    now = utcnow()
-    if not as_of:
-        return now
-    chosen = datetime.fromisoformat(as_of)
-    chosen = chosen.replace(tzinfo=chosen.tzinfo or UTC).astimezone(UTC)
-    if transport_name() != "outbox" and abs(chosen - now) > timedelta(minutes=5):
-        raise DeliverySetupError("as_of may differ from the clock only with the outbox transport (a rehearsal)")
-    return chosen
-
-
 def find_abandoned_carts(validated: dict, *, markets: list[str], run_id: str, as_of: str | None = None) -> list[dict]:
     """Scan the clean carts and write one audience Parquet per selected market."""
+    from remarketing.delivery.tasks import resolve_now
     from remarketing.flows.cart_recovery.audience import recovery_audience, scan_carts
     from remarketing.flows.cart_recovery.config import load_flows
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import remarketing_engine, run_folder
+    from remarketing.platform.connections import remarketing_engine
+    from remarketing.platform.storage import run_folder
 
     config = load_flows().cart_recovery
     market_config = load_markets()
     frames = {table: read_clean(validated, table) for table in RECOVERY_TABLES}
-    from remarketing.flows.feedback.store import best_hours
+    from remarketing.delivery.engagement import best_hours
 
     now = resolve_now(as_of)
     engine = remarketing_engine()
@@ -91,7 +68,7 @@ def find_abandoned_carts(validated: dict, *, markets: list[str], run_id: str, as
     for code in markets:
         members = audience[audience["market"] == code]
         path = folder / f"market={code}.parquet"
-        _write_parquet(members, path)
+        write_frame(members, path)
         jobs.append(
             {
                 "market": code,
@@ -229,16 +206,17 @@ def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     import pandas as pd
 
     from remarketing.delivery.send_step import send_market
-    from remarketing.delivery.tasks import link_secret, make_api, make_transport
+    from remarketing.delivery.tasks import job_now, link_secret, make_api, make_transport
     from remarketing.flows.cart_recovery.config import load_flows
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import data_base_path, remarketing_engine, store_connection
+    from remarketing.platform.connections import remarketing_engine, store_connection
+    from remarketing.platform.storage import data_base_path
 
     market = load_markets()[job["market"]]
     config = load_flows().cart_recovery
     audience = pd.read_parquet(job["audience_path"])
     secret = link_secret()
-    now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
+    now = job_now(job)
     engine = remarketing_engine()
     transport = make_transport(now if job.get("rehearsal") else None)
     try:
@@ -274,7 +252,7 @@ def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
 def recovered_revenue_line(market: str) -> str:
     """Revenue credited so far to this market's recovery mails, for the send task's log."""
     from remarketing.flows.cart_recovery.store import revenue_by_market_step
-    from remarketing.platform.runtime import remarketing_engine
+    from remarketing.platform.connections import remarketing_engine
 
     engine = remarketing_engine()
     try:
@@ -295,7 +273,7 @@ def attribute_revenue(validated: dict, *, run_id: str) -> list[dict]:
     from remarketing.flows.cart_recovery.audience import attribute_orders
     from remarketing.flows.cart_recovery.config import load_flows
     from remarketing.flows.cart_recovery.store import load_accepted_sends, record_attributions, revenue_by_market_step
-    from remarketing.platform.runtime import remarketing_engine
+    from remarketing.platform.connections import remarketing_engine
 
     config = load_flows().cart_recovery
     orders = read_clean(validated, "orders")

@@ -15,8 +15,8 @@ from typing import Any
 def fold_events() -> dict[str, Any]:
     """Fold every stored webhook batch; logs the summary table, returns its counts."""
     from remarketing.flows.feedback.store import fold_pending
-    from remarketing.platform.runtime import prepare_state, remarketing_engine
-    from remarketing.store.extract import utcnow
+    from remarketing.platform.clock import utcnow
+    from remarketing.platform.connections import prepare_state, remarketing_engine
 
     prepare_state()
     engine = remarketing_engine()
@@ -32,8 +32,8 @@ def market_health_report(markets: list[str]) -> list[dict[str, Any]]:
     """Each market's gate verdict over its window, from what is stored (no API call), as a table."""
     from remarketing.delivery.gate import check_market, health_totals
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import prepare_state, remarketing_engine
-    from remarketing.store.extract import utcnow
+    from remarketing.platform.clock import utcnow
+    from remarketing.platform.connections import prepare_state, remarketing_engine
 
     prepare_state()
     config = load_markets()

@@ -164,10 +164,10 @@ def welcome_audience(
 
 def find_welcome_audience(validated: dict, *, params: dict, run_id: str) -> list[dict]:
     """Who is due a welcome or reminder mail, per selected market; XCom: paths and counts."""
-    from remarketing.flows.campaigns.tasks import _write_parquet
-    from remarketing.flows.cart_recovery.tasks import resolve_now
+    from remarketing.delivery.tasks import resolve_now
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import read_clean, remarketing_engine, run_folder
+    from remarketing.platform.connections import remarketing_engine
+    from remarketing.platform.storage import read_clean, run_folder, write_frame
 
     markets = load_markets()
     now = resolve_now(params.get("as_of"))
@@ -198,7 +198,7 @@ def find_welcome_audience(validated: dict, *, params: dict, run_id: str) -> list
     for code in selected:
         members = audience[audience["market"] == code]
         path = folder / f"market={code}.parquet"
-        _write_parquet(members, path)
+        write_frame(members, path)
         steps = members["step"].value_counts().to_dict()
         jobs.append(
             {
@@ -217,7 +217,7 @@ def find_welcome_audience(validated: dict, *, params: dict, run_id: str) -> list
 def welcome_renderer(market, secret: bytes, renderer=None):
     """Shared content per step (member, reminder): welcome_context rendered once per locale."""
     from remarketing.content.engine import welcome_context
-    from remarketing.flows.campaigns.tasks import SharedContentRenderer
+    from remarketing.delivery.shared_content import SharedContentRenderer
 
     def content(key: tuple, locale: str):
         (step,) = key
@@ -244,15 +244,14 @@ def welcome_renderer(market, secret: bytes, renderer=None):
 def send_welcome_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict[str, Any]:
     """One market's welcome and reminder mails through the shared send step; logs the outcome table."""
     from remarketing.delivery.send_step import send_market
-    from remarketing.delivery.tasks import link_secret, make_api, make_transport
-    from remarketing.flows.campaigns.tasks import _read_parquet, write_samples
-    from remarketing.flows.cart_recovery.tasks import resolve_now
+    from remarketing.delivery.tasks import job_now, link_secret, make_api, make_transport, write_samples
     from remarketing.markets import load_markets
-    from remarketing.platform.runtime import data_base_path, remarketing_engine
+    from remarketing.platform.connections import remarketing_engine
+    from remarketing.platform.storage import data_base_path, read_frame
 
     market = load_markets()[job["market"]]
-    audience = _read_parquet(job["audience_path"])
-    now = resolve_now(job["now"]) if job.get("rehearsal") else resolve_now(None)
+    audience = read_frame(job["audience_path"])
+    now = job_now(job)
     render = welcome_renderer(market, link_secret())
     engine = remarketing_engine()
     transport = make_transport(now if job.get("rehearsal") else None)

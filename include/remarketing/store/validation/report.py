@@ -12,7 +12,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from remarketing.store.validation.run import StoreValidation, TableValidation, ValidationPolicy
+    from remarketing.store.validation.results import StoreValidation, TableValidation, ValidationPolicy
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
