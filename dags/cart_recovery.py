@@ -39,36 +39,31 @@ all markets together with recovered revenue per market and step. Every mail is i
 each mail to `$REMARKETING_DATA_BASE/outbox/` with an `index.html` to browse them.
 """
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, task
 
 from remarketing.delivery.tasks import sync_suppressions
-from remarketing.platform.dag_defaults import START_DATE, STORE_TABLES, default_args, recovery_schedule
-from remarketing.platform.dag_parts import markets_param
-from remarketing.platform.notify import dag_failure_callback
+from remarketing.platform.dag_defaults import STORE_TABLES, recovery_schedule
+from remarketing.platform.dag_parts import (
+    as_of_param,
+    dry_run_param,
+    full_refresh_param,
+    markets_param,
+    remarketing_dag,
+)
 from remarketing.store.tasks import store_extract_and_validate
 
 CART_RECOVERY = Asset("cart_recovery")
 
 
-@dag(
+@remarketing_dag(
     schedule=recovery_schedule(),
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(retries=3),
-    on_failure_callback=dag_failure_callback,
-    tags=["remarketing", "send", "cart-recovery"],
+    tags=["send", "cart-recovery"],
     doc_md=__doc__,
     params={
         "markets": markets_param(),
-        "dry_run": Param(False, type="boolean", description="Compute and render, but claim and send nothing."),
-        "full_refresh": Param(False, type="boolean", description="Re-read the store tables in full."),
-        "as_of": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            description="Rehearsal only (outbox transport): act as if it were this instant (UTC). Empty = now.",
-        ),
+        "dry_run": dry_run_param(),
+        "full_refresh": full_refresh_param(),
+        "as_of": as_of_param(),
     },
 )
 def cart_recovery():

@@ -33,24 +33,17 @@ duplicates, ledger outcomes reconciled and suppressions applied; `market_health`
 per market: gate status, delivered, bounces, spam reports, opens, clicks and the rates.
 """
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, task
 
 from remarketing.delivery.tasks import sync_suppressions
-from remarketing.platform.dag_defaults import START_DATE, default_args
-from remarketing.platform.dag_parts import markets_param
-from remarketing.platform.notify import dag_failure_callback
+from remarketing.platform.dag_parts import markets_param, remarketing_dag
 
 EMAIL_FEEDBACK = Asset("email_feedback")
 
 
-@dag(
+@remarketing_dag(
     schedule="@hourly",
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(retries=3),
-    on_failure_callback=dag_failure_callback,
-    tags=["remarketing", "feedback", "deliverability"],
+    tags=["feedback", "deliverability"],
     doc_md=__doc__,
     params={
         "markets": markets_param("Markets whose suppressions, stats and gate verdicts to handle."),

@@ -55,30 +55,21 @@ email feedback loop provides engagement).
 per market and the stage transitions of the run.
 """
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import task
 
 from remarketing.platform.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
-from remarketing.platform.dag_defaults import START_DATE, default_args
-from remarketing.platform.notify import dag_failure_callback
+from remarketing.platform.dag_parts import as_of_param, remarketing_dag
 from remarketing.store.tasks import store_extract_and_validate
 
 
-@dag(
+@remarketing_dag(
     schedule=STORE_SNAPSHOT,
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(retries=3),
-    on_failure_callback=dag_failure_callback,
-    tags=["remarketing", "segments"],
+    tags=["segments"],
     doc_md=__doc__,
     params={
-        "as_of": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            description="Compute profiles as of this instant (UTC); empty = the run's data interval end, "
-            "or when the run was queued (an Asset-triggered run).",
+        "as_of": as_of_param(
+            "Compute profiles as of this instant (UTC); empty = the run's data interval end, "
+            "or when the run was queued (an Asset-triggered run)."
         ),
     },
 )

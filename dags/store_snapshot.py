@@ -38,25 +38,20 @@ downstream DAGs have no clock of their own (see the Asset graph).
 column fails at once with a message naming the connection and the table.
 """
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, task
 
 from remarketing.platform.assets import STORE_SNAPSHOT
-from remarketing.platform.dag_defaults import START_DATE, STORE_TABLES, default_args
-from remarketing.platform.notify import dag_failure_callback
+from remarketing.platform.dag_defaults import STORE_TABLES
+from remarketing.platform.dag_parts import full_refresh_param, remarketing_dag
 from remarketing.store.tasks import store_extract_and_validate
 
 
-@dag(
+@remarketing_dag(
     schedule="@daily",
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(retries=3),
-    on_failure_callback=dag_failure_callback,
-    tags=["remarketing", "extract"],
+    tags=["extract"],
     doc_md=__doc__,
     params={
-        "full_refresh": Param(False, type="boolean", description="Re-read every table in full, ignoring watermarks."),
+        "full_refresh": full_refresh_param("Re-read every table in full, ignoring watermarks."),
         "tables": Param(
             list(STORE_TABLES),
             type="array",

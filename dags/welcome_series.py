@@ -34,23 +34,22 @@ are due, and how many reminders were skipped because the member ordered. Each `s
 log ends with the outcome table; `summarize` shows all markets together.
 """
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, task
 
 from remarketing.delivery.tasks import sync_suppressions
-from remarketing.platform.dag_defaults import START_DATE, default_args
-from remarketing.platform.dag_parts import markets_param
-from remarketing.platform.notify import dag_failure_callback
+from remarketing.platform.dag_parts import (
+    as_of_param,
+    dry_run_param,
+    full_refresh_param,
+    markets_param,
+    remarketing_dag,
+)
 from remarketing.store.tasks import store_extract_and_validate
 
 
-@dag(
+@remarketing_dag(
     schedule="@hourly",
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(retries=3),
-    on_failure_callback=dag_failure_callback,
-    tags=["remarketing", "send", "welcome"],
+    tags=["send", "welcome"],
     doc_md=__doc__,
     params={
         "markets": markets_param(),
@@ -61,14 +60,9 @@ from remarketing.store.tasks import store_extract_and_validate
         "reminder_after_days": Param(
             3, type="integer", minimum=1, maximum=30, description="Days after the welcome mail for the reminder."
         ),
-        "dry_run": Param(False, type="boolean", description="Compute and render samples, but claim and send nothing."),
-        "as_of": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            description="Rehearsal only (outbox transport): act as if it were this instant (UTC). Empty = now.",
-        ),
-        "full_refresh": Param(False, type="boolean", description="Re-read the store tables in full."),
+        "dry_run": dry_run_param("Compute and render samples, but claim and send nothing."),
+        "as_of": as_of_param(),
+        "full_refresh": full_refresh_param(),
     },
 )
 def welcome_series():

@@ -15,7 +15,6 @@ Without it the endpoint answers 503 (SendGrid retries for up to 24 h).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,19 +36,16 @@ from remarketing.flows.feedback.webhook import (
     parse_events,
     verify_signature,
 )
+from remarketing.platform import settings
 
 log = logging.getLogger(__name__)
 
-KEY_ENV = "REMARKETING_SENDGRID_WEBHOOK_KEY"
-KEY_VARIABLE = "sendgrid_webhook_public_key"
+KEY_ENV = settings.WEBHOOK_KEY_ENV
+KEY_VARIABLE = settings.WEBHOOK_KEY_VARIABLE
 
 
 def _configured_key() -> str:
-    key = os.environ.get(KEY_ENV)
-    if not key:
-        from airflow.sdk import Variable
-
-        key = Variable.get(KEY_VARIABLE, default=None)
+    key = settings.webhook_key()
     if not key:
         raise WebhookConfigError(f"no webhook verification key: set {KEY_ENV} or the Airflow Variable {KEY_VARIABLE!r}")
     return key

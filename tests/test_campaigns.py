@@ -60,15 +60,15 @@ def customers(ids) -> pd.DataFrame:
 
 
 def test_the_stage_list_and_patterns_match_the_dag_params():
-    import runpy
-    from pathlib import Path
+    from remarketing.flows.campaigns import params
 
     assert c.STAGES == STAGES
-    dag_file = runpy.run_path(str(Path(__file__).resolve().parents[1] / "dags" / "market_campaign.py"))
-    assert tuple(dag_file["STAGES"]) == STAGES
-    assert dag_file["CAMPAIGN_ID_PATTERN"] == c.CAMPAIGN_ID_PATTERN
-    assert dag_file["VARIANT_ID_PATTERN"] == c.VARIANT_ID_PATTERN
-    assert "Champions" in dag_file["rfm_segment_names"]()
+    assert tuple(params.STAGES) == STAGES
+    form = {name: param.schema for name, param in params.campaign_params().items()}
+    assert form["campaign_id"]["pattern"] == c.CAMPAIGN_ID_PATTERN
+    assert form["variants"]["items"]["properties"]["id"]["pattern"] == c.VARIANT_ID_PATTERN
+    assert form["stages"]["items"]["enum"] == list(STAGES)
+    assert "Champions" in form["rfm_segments"]["items"]["enum"]
 
 
 @pytest.mark.parametrize(

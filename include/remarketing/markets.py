@@ -7,7 +7,6 @@ by editing config, not code. A bad file fails loudly with the market and field a
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import time
 from functools import lru_cache
@@ -18,7 +17,9 @@ from zoneinfo import ZoneInfo, available_timezones
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_MARKETS_FILE = Path(__file__).resolve().parents[1] / "markets.yaml"
+from remarketing.platform import settings
+
+DEFAULT_MARKETS_FILE = settings.DEFAULT_MARKETS_FILE
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _LOCALE_RE = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-[A-Z]{2})?$")
 
@@ -232,7 +233,7 @@ class MarketConfig(_Strict):
 
 
 def markets_file() -> Path:
-    return Path(os.environ.get("REMARKETING_MARKETS_FILE", DEFAULT_MARKETS_FILE))
+    return settings.markets_file()
 
 
 def parse_markets(raw: object, source: str = "<markets>") -> MarketConfig:

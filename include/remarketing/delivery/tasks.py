@@ -9,7 +9,6 @@ Airflow Variable ``remarketing_link_secret``; the shop verifies them with the sa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,9 +16,9 @@ from typing import Any
 
 from airflow.sdk import task
 
-TRANSPORT_ENV = "REMARKETING_TRANSPORT"
-LINK_SECRET_ENV = "REMARKETING_LINK_SECRET"
-LINK_SECRET_VARIABLE = "remarketing_link_secret"
+from remarketing.platform import settings
+from remarketing.platform.settings import LINK_SECRET_ENV, LINK_SECRET_VARIABLE, TRANSPORT_ENV
+
 SENDGRID_CONN_ID = "sendgrid_default"
 SAMPLES_FOLDER = "outbox-dry-run"
 
@@ -29,18 +28,14 @@ class DeliverySetupError(RuntimeError):
 
 
 def transport_name() -> str:
-    name = os.environ.get(TRANSPORT_ENV, "outbox").strip().lower()
+    name = settings.transport()
     if name not in ("outbox", "sendgrid"):
         raise DeliverySetupError(f"{TRANSPORT_ENV}={name!r}: expected 'outbox' or 'sendgrid'")
     return name
 
 
 def link_secret() -> bytes:
-    secret = os.environ.get(LINK_SECRET_ENV)
-    if not secret:
-        from airflow.sdk import Variable
-
-        secret = Variable.get(LINK_SECRET_VARIABLE, default=None)
+    secret = settings.link_secret()
     if not secret or len(secret.encode()) < 16:
         raise DeliverySetupError(
             f"no link secret: set {LINK_SECRET_ENV} or the Airflow Variable {LINK_SECRET_VARIABLE!r} "

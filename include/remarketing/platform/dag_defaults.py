@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from remarketing.platform import settings
+
 OWNER = "remarketing"
 START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)  # noqa: UP017 - keep parse-time imports minimal
-INCLUDE = Path(__file__).resolve().parents[2]
+INCLUDE = settings.INCLUDE
 STORE_TABLES = ("customers", "products", "carts", "cart_items", "orders", "order_items")
 
 
 def retry_delay() -> timedelta:
     """Real deployments wait a minute between tries; tests set REMARKETING_RETRY_DELAY_SECONDS=0."""
-    return timedelta(seconds=float(os.environ.get("REMARKETING_RETRY_DELAY_SECONDS", "60")))
+    return settings.retry_delay()
 
 
 def default_args(retries: int = 2) -> dict:
@@ -38,11 +39,11 @@ def _yaml(path: Path) -> dict:
 
 def market_codes() -> list[str]:
     """Configured market codes, for Param enums (read without validation: parse time must be cheap)."""
-    path = Path(os.environ.get("REMARKETING_MARKETS_FILE") or INCLUDE / "markets.yaml")
+    path = settings.markets_file()
     return list((_yaml(path).get("markets") or {}).keys())
 
 
 def recovery_schedule() -> str:
     """The cart_recovery schedule from include/flows.yaml (default hourly)."""
-    path = Path(os.environ.get("REMARKETING_FLOWS_FILE") or INCLUDE / "flows.yaml")
+    path = settings.flows_file()
     return str((_yaml(path).get("cart_recovery") or {}).get("schedule") or "@hourly")

@@ -20,12 +20,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from remarketing.platform.settings import ALERT_EMAILS_VARIABLE, ALERT_FROM_VARIABLE, variable
+
 log = logging.getLogger(__name__)
 
 SLACK_CONN_ID = "remarketing_slack"
 SMTP_CONN_ID = "remarketing_smtp"
-ALERT_EMAILS_VARIABLE = "remarketing_alert_emails"
-ALERT_FROM_VARIABLE = "remarketing_alert_from"
+
 SUBJECT_PREFIX = "[remarketing]"
 
 
@@ -50,18 +51,8 @@ def _connection_exists(conn_id: str) -> bool:
     return True
 
 
-def _variable(key: str) -> str | None:
-    from airflow.sdk import Variable
-
-    try:
-        value = Variable.get(key, default=None)
-    except Exception:  # noqa: BLE001 - outside a task with no metadata DB: treated as unset
-        return None
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 def alert_recipients() -> list[str]:
-    raw = _variable(ALERT_EMAILS_VARIABLE) or ""
+    raw = variable(ALERT_EMAILS_VARIABLE) or ""
     return [address.strip() for address in raw.replace(";", ",").split(",") if address.strip()]
 
 
@@ -90,7 +81,7 @@ def configured_notifiers(alert: Alert) -> list[tuple[str, Any]]:
                     "smtp",
                     SmtpNotifier(
                         to=recipients,
-                        from_email=_variable(ALERT_FROM_VARIABLE),
+                        from_email=variable(ALERT_FROM_VARIABLE),
                         subject=alert.subject,
                         html_content=f"<pre>{escape(alert.body)}</pre>",
                         smtp_conn_id=SMTP_CONN_ID,

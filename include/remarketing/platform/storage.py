@@ -32,11 +32,9 @@ def data_base_path():
     """Where run data (Parquet) lives: ``REMARKETING_DATA_BASE`` or $AIRFLOW_HOME/data."""
     from airflow.sdk import ObjectStoragePath
 
-    base = os.environ.get("REMARKETING_DATA_BASE")
-    if not base:
-        home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
-        base = "file://" + os.path.join(os.path.abspath(home), "data")
-    return ObjectStoragePath(base)
+    from remarketing.platform.settings import data_base_url
+
+    return ObjectStoragePath(data_base_url())
 
 
 def run_folder(*parts: str, run_id: str):

@@ -35,7 +35,6 @@ Definitions (the contract the tests check):
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from remarketing.markets import MarketConfig
+from remarketing.platform import settings
 from remarketing.profiles.clv import (
     DAY_US,
     EXCLUDED_STATUSES,
@@ -68,7 +68,7 @@ from remarketing.profiles.clv import (
     purchase_history,
 )
 
-DEFAULT_LIFECYCLE_FILE = Path(__file__).resolve().parents[2] / "lifecycle.yaml"
+DEFAULT_LIFECYCLE_FILE = settings.DEFAULT_LIFECYCLE_FILE
 STAGES = ("prospect", "new", "active", "vip", "at_risk", "dormant")
 STAGE_PRECEDENCE = ("prospect", "new", "dormant", "at_risk", "vip", "active")  # first match wins
 ENGAGEMENT_LEVELS = ("high", "medium", "low", "none")
@@ -225,7 +225,7 @@ def parse_lifecycle_config(raw: object, source: str = "<lifecycle>") -> Lifecycl
 
 
 def lifecycle_file() -> Path:
-    return Path(os.environ.get("REMARKETING_LIFECYCLE_FILE", DEFAULT_LIFECYCLE_FILE))
+    return settings.lifecycle_file()
 
 
 @lru_cache(maxsize=4)

@@ -17,7 +17,6 @@ connections to it.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from remarketing.platform import settings
 from remarketing.platform.connections import ConnectionSetupError
 from remarketing.store.schema import CANONICAL_TABLES, TableSpec
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "store"
+SQL_DIR = settings.DEFAULT_STORE_SQL_DIR
 ISSUES_COLUMN = "_extract_issues"
 CHUNK_ROWS = 50_000
 
@@ -73,7 +73,7 @@ def arrow_schema(spec: TableSpec) -> pa.Schema:
 
 def mapping_sql(table: str, sql_dir: Path | None = None) -> str:
     """The shop's SELECT for a canonical table (the mapping layer, one file per table)."""
-    sql_dir = Path(sql_dir or os.environ.get("REMARKETING_STORE_SQL_DIR") or SQL_DIR)
+    sql_dir = Path(sql_dir or settings.store_sql_dir())
     path = sql_dir / f"{table}.sql"
     try:
         text = path.read_text(encoding="utf-8")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -45,11 +44,11 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from remarketing.flows.campaigns.params import CAMPAIGN_ID_PATTERN, VARIANT_ID_PATTERN
 from remarketing.markets import Market, MarketConfig
+from remarketing.platform import settings
 
 FLOW = "market_campaign"
-CAMPAIGN_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,62}$"
-VARIANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 TEMPLATES = ("campaign/generic",)
 STAGES = ("prospect", "new", "active", "vip", "at_risk", "dormant")  # segments.STAGES (tested equal)
 ARMS = ("a", "b")
@@ -58,7 +57,7 @@ HOLDOUT = "holdout"
 PRESEND_OUTCOMES = (HOLDOUT, "already_sent", "invalid_address")
 REASON_EXHAUSTED = "had every variant"
 REASON_THIS_DATE = "had this calendar date's mail already (an earlier run scheduled it)"
-DEFAULT_CALENDAR_FILE = Path(__file__).resolve().parents[3] / "campaigns.yaml"
+DEFAULT_CALENDAR_FILE = settings.DEFAULT_CAMPAIGNS_FILE
 _HOLIDAY_LANGUAGE = "en_US"  # holiday names are matched in English, whatever the market's language
 
 
@@ -569,7 +568,7 @@ def holiday_dates(market: Market, name: str, years: Iterable[int]) -> list[date]
 
 
 def calendar_file() -> Path:
-    return Path(os.environ.get("REMARKETING_CAMPAIGNS_FILE") or DEFAULT_CALENDAR_FILE)
+    return settings.campaigns_file()
 
 
 def parse_calendar(raw: object, markets: MarketConfig, source: str = "<campaigns>") -> list[CalendarEntry]:

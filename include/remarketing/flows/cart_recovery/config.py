@@ -6,14 +6,15 @@ Kept apart from the market configuration: markets say *where and when* mail may 
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_FLOWS_FILE = Path(__file__).resolve().parents[3] / "flows.yaml"
+from remarketing.platform import settings
+
+DEFAULT_FLOWS_FILE = settings.DEFAULT_FLOWS_FILE
 
 
 class FlowConfigError(ValueError):
@@ -67,7 +68,7 @@ class FlowsConfig(_Strict):
 
 
 def flows_file() -> Path:
-    return Path(os.environ.get("REMARKETING_FLOWS_FILE", DEFAULT_FLOWS_FILE))
+    return settings.flows_file()
 
 
 def parse_flows(raw: object, source: str = "<flows>") -> FlowsConfig:
