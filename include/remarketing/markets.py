@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, available_timezones
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from remarketing.platform import settings
@@ -259,19 +258,8 @@ def parse_markets(raw: object, source: str = "<markets>") -> MarketConfig:
     return MarketConfig(markets=markets)
 
 
-@lru_cache(maxsize=4)
-def _load(path: str, mtime: float) -> MarketConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MarketConfigError(f"market configuration not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise MarketConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_markets(raw, source=path)
-
-
 def load_markets(path: str | Path | None = None) -> MarketConfig:
     """Load and validate the market configuration (cached until the file changes)."""
-    path = Path(path) if path is not None else markets_file()
-    mtime = path.stat().st_mtime if path.exists() else 0.0
-    return _load(str(path), mtime)
+    return settings.load_config(
+        path or markets_file(), what="market configuration", parse=parse_markets, error=MarketConfigError
+    )

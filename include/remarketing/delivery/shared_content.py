@@ -58,11 +58,10 @@ class SharedContentRenderer:
 
     def __call__(self, chunk):
         from remarketing.content.engine import SHARED_PLACEHOLDERS, substitutions_for
-        from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
-        from remarketing.delivery.messages import Message, Recipient
+        from remarketing.delivery.compose import marketing_message, marketing_recipient, unsubscribe_link
         from remarketing.delivery.send_step import RenderFailure
 
-        market, sender = self.market, self.market.sender
+        market = self.market
         columns = ["locale", *self.group_columns]
         for values, group in chunk.groupby(columns, sort=True, dropna=False):
             locale, key = values[0], tuple(values[1:])
@@ -73,41 +72,27 @@ class SharedContentRenderer:
                 continue
             recipients = []
             for row in group.to_dict("records"):
-                token = sign_unsubscribe_token(
-                    row["customer_ref"],
-                    market=market.code,
-                    group_id=market.sendgrid_unsubscribe_group_id,
-                    secret=self.secret,
-                )
-                unsubscribe = unsubscribe_url(market.storefront.unsubscribe_url, token)
+                unsubscribe = unsubscribe_link(market, row["customer_ref"], self.secret)
                 first = row.get("first_name")
                 first = first if isinstance(first, str) else None
                 last = row.get("last_name")
                 last = last if isinstance(last, str) else None
+                greeting = self.renderer.greeting(locale, first, last)
                 recipients.append(
-                    Recipient(
-                        email=row["email"],
-                        ledger_key=row["ledger_key"],
+                    marketing_recipient(
+                        row,
+                        unsubscribe=unsubscribe,
                         name=first,
                         substitutions=substitutions_for(
-                            SHARED_PLACEHOLDERS,
-                            {"greeting": self.renderer.greeting(locale, first, last), "unsubscribe_url": unsubscribe},
+                            SHARED_PLACEHOLDERS, {"greeting": greeting, "unsubscribe_url": unsubscribe}
                         ),
-                        headers={"List-Unsubscribe": f"<{unsubscribe}>"},
-                        custom_args={"time_zone": str(row["time_zone"])},
                     )
                 )
-            message = Message(
-                recipients=tuple(recipients),
-                from_email=sender.from_email,
-                from_name=sender.from_name,
-                reply_to=sender.reply_to,
-                subject=mail.subject,
-                html=mail.html,
-                text=mail.text,
+            message = marketing_message(
+                market,
+                mail,
+                tuple(recipients),
                 categories=self.categories(key),
-                asm_group_id=market.sendgrid_unsubscribe_group_id,
-                marketing=True,
                 custom_args={"flow": self.flow, "market": market.code, **self.custom_args(key)},
             )
             self.samples.setdefault((*key, locale), message)

@@ -153,3 +153,80 @@ def write_samples(samples: Mapping[tuple, Any], *, run_id: str, market: str, lab
     outbox.close()  # writes index.html
     print(f"  {market}: {len(samples)} sample mail(s) rendered into {folder}")
     return str(folder)
+
+
+class MarketSender:
+    """One market's send task, opened by ``market_sender``: what every flow's sends share.
+
+    ``send`` runs the shared send step for one audience, logs its outcome table and, unless this
+    is a dry run, alerts when the deliverability gate halted the market.
+    """
+
+    def __init__(self, *, flow: str, market, job: Mapping[str, Any], run_id: str, try_number: int, dry_run: bool):
+        from remarketing.platform.connections import remarketing_engine
+
+        self.flow, self.market, self.run_id = flow, market, run_id
+        self.try_number, self.dry_run = try_number, dry_run
+        self.secret = link_secret()
+        self.now = job_now(job)
+        self.engine = remarketing_engine()
+        self.transport = make_transport(self.now if job.get("rehearsal") else None)
+        self.api = make_api()
+
+    def send(self, audience, render, *, run_id: str | None = None, horizon=None, header: str | None = None):
+        from remarketing.delivery.send_step import send_market
+        from remarketing.platform.notify import notify_if_halted
+        from remarketing.platform.storage import data_base_path
+
+        run_id = run_id or self.run_id
+        options = {} if horizon is None else {"horizon": horizon}
+        summary = send_market(
+            flow=self.flow,
+            market=self.market,
+            audience=audience,
+            render=render,
+            transport=self.transport,
+            engine=self.engine,
+            run_id=run_id,
+            try_number=self.try_number,
+            now=self.now,
+            dry_run=self.dry_run,
+            api=self.api,
+            outcomes_dir=data_base_path(),
+            **options,
+        )
+        if header:
+            print(header)
+        print(summary.log_table())
+        if not self.dry_run:
+            notify_if_halted(self.flow, self.market.code, summary.gate, run_id)
+        return summary
+
+    def samples(self, render, label: str) -> str | None:
+        """Dry run: the rendered samples into the dry-run outbox (else None)."""
+        if not self.dry_run:
+            return None
+        return write_samples(render.samples, run_id=self.run_id, market=self.market.code, label=label)
+
+    def close(self) -> None:
+        self.transport.close()
+        self.engine.dispose()
+
+
+@contextmanager
+def market_sender(flow: str, job: Mapping[str, Any], *, run_id: str, try_number: int, dry_run: bool):
+    """The market of ``job``, its clock, link secret, remarketing DB, transport and SendGrid API; closed after."""
+    from remarketing.markets import load_markets
+
+    sender = MarketSender(
+        flow=flow,
+        market=load_markets()[job["market"]],
+        job=job,
+        run_id=run_id,
+        try_number=try_number,
+        dry_run=dry_run,
+    )
+    try:
+        yield sender
+    finally:
+        sender.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 
 INCLUDE = Path(__file__).resolve().parents[2]
@@ -114,3 +115,27 @@ def link_secret() -> str | None:
 def webhook_key() -> str | None:
     """SendGrid's Event Webhook verification key: the environment first, then the Airflow Variable."""
     return _env(WEBHOOK_KEY_ENV) or variable(WEBHOOK_KEY_VARIABLE)
+
+
+def load_config(path: str | Path, *, what: str, parse, error: type[Exception]):
+    """A YAML configuration file, validated by ``parse(raw, source)``; cached until the file changes.
+
+    A missing file or invalid YAML raises ``error`` naming the file; ``parse`` names the entry and
+    field of anything else wrong.
+    """
+    path = Path(path)
+    mtime = path.stat().st_mtime if path.exists() else 0.0
+    return _load_config(str(path), mtime, what, parse, error)
+
+
+@lru_cache(maxsize=16)
+def _load_config(path: str, mtime: float, what: str, parse, error: type[Exception]):
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML: {exc}") from None
+    return parse(raw, source=path)

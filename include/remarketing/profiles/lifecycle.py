@@ -39,13 +39,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from remarketing.markets import MarketConfig
@@ -226,24 +224,6 @@ def parse_lifecycle_config(raw: object, source: str = "<lifecycle>") -> Lifecycl
 
 def lifecycle_file() -> Path:
     return settings.lifecycle_file()
-
-
-@lru_cache(maxsize=4)
-def _load(path: str, mtime: float) -> LifecycleConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LifecycleConfigError(f"lifecycle configuration not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise LifecycleConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_lifecycle_config(raw, source=path)
-
-
-def load_lifecycle_config(path: str | Path | None = None) -> LifecycleConfig:
-    """Load and validate include/lifecycle.yaml (or ``path``, or $REMARKETING_LIFECYCLE_FILE)."""
-    path = Path(path) if path is not None else lifecycle_file()
-    mtime = path.stat().st_mtime if path.exists() else 0.0
-    return _load(str(path), mtime)
 
 
 def _days(value: float) -> str:
@@ -909,3 +889,13 @@ def stage_transitions(previous: pd.DataFrame | None, current: pd.DataFrame, *, a
             "changed_on": np.full(int(changed.sum()), changed_on, dtype=object),
         }
     ).reset_index(drop=True)
+
+
+def load_lifecycle_config(path: str | Path | None = None) -> LifecycleConfig:
+    """Load and validate include/lifecycle.yaml (or ``path``, or $REMARKETING_LIFECYCLE_FILE); cached until the file changes."""
+    return settings.load_config(
+        path or lifecycle_file(),
+        what="lifecycle configuration",
+        parse=parse_lifecycle_config,
+        error=LifecycleConfigError,
+    )

@@ -216,42 +216,26 @@ def _members(skipped, outcomes_path: str | None):
 def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict:
     """One market's campaigns, one after the other, through the shared send step; logs the outcome tables."""
     from remarketing.content.engine import MailRenderer
-    from remarketing.delivery.send_step import OUTCOMES, send_market
-    from remarketing.delivery.tasks import job_now, link_secret, make_api, make_transport, write_samples
+    from remarketing.delivery.send_step import OUTCOMES
+    from remarketing.delivery.tasks import market_sender
     from remarketing.flows.campaigns.audience import record_members, send_horizon
-    from remarketing.markets import load_markets
-    from remarketing.platform.connections import remarketing_engine
-    from remarketing.platform.storage import data_base_path
 
-    market = load_markets()[job["market"]]
-    secret = link_secret()
-    now = job_now(job)
-    engine = remarketing_engine()
-    transport = make_transport(now if job.get("rehearsal") else None)
-    api = make_api()
     renderer = MailRenderer()
     results = []
-    try:
+    with market_sender(FLOW, job, run_id=run_id, try_number=try_number, dry_run=dry_run) as sender:
+        market, now = sender.market, sender.now
         for planned in job["campaigns"]:
             campaign = Campaign(**planned["campaign"])
             audience = read_frame(planned["audience_path"])
             skipped = read_frame(planned["skipped_path"])
             horizon = send_horizon(date.fromisoformat(planned["send_date"]), market, now, audience["time_zone"])
-            render = campaign_renderer(campaign, market, secret, renderer)
-            summary = send_market(
-                flow=FLOW,
-                market=market,
-                audience=audience,
-                render=render,
-                transport=transport,
-                engine=engine,
+            render = campaign_renderer(campaign, market, sender.secret, renderer)
+            summary = sender.send(
+                audience,
+                render,
                 run_id=send_run_id(run_id, campaign.campaign_id),
-                try_number=try_number,
-                now=now,
-                dry_run=dry_run,
-                api=api,
                 horizon=horizon,
-                outcomes_dir=data_base_path(),
+                header=f"campaign {campaign.campaign_id}, send date {planned['send_date']}",
             )
             counts = {HOLDOUT: 0, **summary.counts}
             for outcome in PRESEND_OUTCOMES:
@@ -263,18 +247,8 @@ def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
                     f"{len(audience) + len(skipped)} members"
                 )
             if not dry_run:
-                record_members(engine, campaign.campaign_id, market.code, run_id, members, now=now)
-            samples = None
-            if dry_run:
-                samples = write_samples(
-                    render.samples, run_id=run_id, market=market.code, label=f"{campaign.campaign_id}/{market.code}"
-                )
-            if not dry_run:
-                from remarketing.platform.notify import notify_if_halted
-
-                notify_if_halted(FLOW, market.code, summary.gate, send_run_id(run_id, campaign.campaign_id))
-            print(f"campaign {campaign.campaign_id}, send date {planned['send_date']}")
-            print(summary.log_table())
+                record_members(sender.engine, campaign.campaign_id, market.code, run_id, members, now=now)
+            samples = sender.samples(render, f"{campaign.campaign_id}/{market.code}")
             print(f"  {'holdout'.ljust(max(map(len, OUTCOMES)))}  {counts[HOLDOUT]}")
             skipped_reasons = skipped.groupby(["outcome", "reason"]).size()
             for (outcome, reason), n in skipped_reasons.items():
@@ -293,9 +267,6 @@ def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
                     "messages": len(render._mails),
                 }
             )
-    finally:
-        transport.close()
-        engine.dispose()
     return {"market": market.code, "campaigns": results}
 
 

@@ -6,10 +6,8 @@ Kept apart from the market configuration: markets say *where and when* mail may 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from remarketing.platform import settings
@@ -81,19 +79,8 @@ def parse_flows(raw: object, source: str = "<flows>") -> FlowsConfig:
         raise FlowConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems)) from None
 
 
-@lru_cache(maxsize=4)
-def _load(path: str, mtime: float) -> FlowsConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FlowConfigError(f"flow configuration not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise FlowConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_flows(raw, source=path)
-
-
 def load_flows(path: str | Path | None = None) -> FlowsConfig:
     """Load and validate the flow configuration (cached until the file changes)."""
-    path = Path(path) if path is not None else flows_file()
-    mtime = path.stat().st_mtime if path.exists() else 0.0
-    return _load(str(path), mtime)
+    return settings.load_config(
+        path or flows_file(), what="flow configuration", parse=parse_flows, error=FlowConfigError
+    )

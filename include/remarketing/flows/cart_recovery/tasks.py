@@ -116,12 +116,11 @@ class _RecoveryRenderer:
     def __call__(self, chunk):
         from remarketing.content.cart_links import signed_cart_link
         from remarketing.content.engine import RenderError, cart_recovery_context
-        from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
-        from remarketing.delivery.messages import Message, Recipient
+        from remarketing.delivery.compose import marketing_message, marketing_recipient, unsubscribe_link
         from remarketing.delivery.send_step import RenderFailure
         from remarketing.flows.cart_recovery.audience import recheck_converted
 
-        market, sender = self.market, self.market.sender
+        market = self.market
         converted: set[int] = set()
         if self.store_conn is not None:
             due = chunk.assign(owner_id=chunk["customer_id"].astype("float64"))[
@@ -135,13 +134,7 @@ class _RecoveryRenderer:
                 yield RenderFailure((key,), f"cart {cart_id} converted since the scan", outcome="converted")
                 continue
             step = self.config.step(int(row["step"]))
-            token = sign_unsubscribe_token(
-                row["customer_ref"],
-                market=market.code,
-                group_id=market.sendgrid_unsubscribe_group_id,
-                secret=self.secret,
-            )
-            unsubscribe = unsubscribe_url(market.storefront.unsubscribe_url, token)
+            unsubscribe = unsubscribe_link(market, row["customer_ref"], self.secret)
             link = signed_cart_link(
                 market.storefront.cart_url,
                 cart_id,
@@ -178,25 +171,12 @@ class _RecoveryRenderer:
             except (RenderError, KeyError) as exc:
                 yield RenderFailure((key,), f"render failed for cart {cart_id}: {exc}")
                 continue
-            yield Message(
-                recipients=(
-                    Recipient(
-                        email=row["email"],
-                        ledger_key=key,
-                        name=(customer or {}).get("first_name"),
-                        headers={"List-Unsubscribe": f"<{unsubscribe}>"},
-                        custom_args={"time_zone": str(row["time_zone"])},
-                    ),
-                ),
-                from_email=sender.from_email,
-                from_name=sender.from_name,
-                reply_to=sender.reply_to,
-                subject=mail.subject,
-                html=mail.html,
-                text=mail.text,
+            recipient = marketing_recipient(row, unsubscribe=unsubscribe, name=(customer or {}).get("first_name"))
+            yield marketing_message(
+                market,
+                mail,
+                (recipient,),
                 categories=(f"template:{step.template.replace('/', '-')}",),
-                asm_group_id=market.sendgrid_unsubscribe_group_id,
-                marketing=True,
                 custom_args={"flow": FLOW, "market": market.code, "step": str(step.step)},
             )
 
@@ -205,47 +185,19 @@ def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     """One market's recovery send through the shared send step; logs its outcome table."""
     import pandas as pd
 
-    from remarketing.delivery.send_step import send_market
-    from remarketing.delivery.tasks import job_now, link_secret, make_api, make_transport
+    from remarketing.delivery.tasks import market_sender
     from remarketing.flows.cart_recovery.config import load_flows
-    from remarketing.markets import load_markets
-    from remarketing.platform.connections import remarketing_engine, store_connection
-    from remarketing.platform.storage import data_base_path
+    from remarketing.platform.connections import store_connection
 
-    market = load_markets()[job["market"]]
     config = load_flows().cart_recovery
     audience = pd.read_parquet(job["audience_path"])
-    secret = link_secret()
-    now = job_now(job)
-    engine = remarketing_engine()
-    transport = make_transport(now if job.get("rehearsal") else None)
-    try:
+    with market_sender(FLOW, job, run_id=run_id, try_number=try_number, dry_run=dry_run) as sender:
         with store_connection("carts") as conn:
-            render = _RecoveryRenderer(market=market, job=job, secret=secret, now=now, store_conn=conn)
-            summary = send_market(
-                flow=FLOW,
-                market=market,
-                audience=audience,
-                render=render,
-                transport=transport,
-                engine=engine,
-                run_id=run_id,
-                try_number=try_number,
-                now=now,
-                dry_run=dry_run,
-                api=make_api(),
-                horizon=timedelta(hours=config.send_horizon_hours),
-                outcomes_dir=data_base_path(),
+            render = _RecoveryRenderer(
+                market=sender.market, job=job, secret=sender.secret, now=sender.now, store_conn=conn
             )
-    finally:
-        transport.close()
-        engine.dispose()
-    print(summary.log_table())
-    print(recovered_revenue_line(market.code))
-    if not dry_run:
-        from remarketing.platform.notify import notify_if_halted
-
-        notify_if_halted(FLOW, market.code, summary.gate, run_id)
+            summary = sender.send(audience, render, horizon=timedelta(hours=config.send_horizon_hours))
+    print(recovered_revenue_line(sender.market.code))
     return summary.to_xcom()
 
 

@@ -243,47 +243,17 @@ def welcome_renderer(market, secret: bytes, renderer=None):
 
 def send_welcome_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict[str, Any]:
     """One market's welcome and reminder mails through the shared send step; logs the outcome table."""
-    from remarketing.delivery.send_step import send_market
-    from remarketing.delivery.tasks import job_now, link_secret, make_api, make_transport, write_samples
-    from remarketing.markets import load_markets
-    from remarketing.platform.connections import remarketing_engine
-    from remarketing.platform.storage import data_base_path, read_frame
+    from remarketing.delivery.tasks import market_sender
+    from remarketing.platform.storage import read_frame
 
-    market = load_markets()[job["market"]]
     audience = read_frame(job["audience_path"])
-    now = job_now(job)
-    render = welcome_renderer(market, link_secret())
-    engine = remarketing_engine()
-    transport = make_transport(now if job.get("rehearsal") else None)
-    try:
-        summary = send_market(
-            flow=FLOW,
-            market=market,
-            audience=audience,
-            render=render,
-            transport=transport,
-            engine=engine,
-            run_id=run_id,
-            try_number=try_number,
-            now=now,
-            dry_run=dry_run,
-            api=make_api(),
-            outcomes_dir=data_base_path(),
-        )
-    finally:
-        transport.close()
-        engine.dispose()
-    print(summary.log_table())
-    if not dry_run:
-        from remarketing.platform.notify import notify_if_halted
-
-        notify_if_halted(FLOW, market.code, summary.gate, run_id)
-    result = summary.to_xcom()
-    result["steps"] = job["steps"]
-    if dry_run:
-        result["samples_path"] = write_samples(
-            render.samples, run_id=run_id, market=market.code, label=f"welcome/{market.code}"
-        )
+    with market_sender(FLOW, job, run_id=run_id, try_number=try_number, dry_run=dry_run) as sender:
+        render = welcome_renderer(sender.market, sender.secret)
+        summary = sender.send(audience, render)
+        result = summary.to_xcom()
+        result["steps"] = job["steps"]
+        if dry_run:
+            result["samples_path"] = sender.samples(render, f"welcome/{sender.market.code}")
     return result
 
 
