@@ -8,10 +8,13 @@ Remarketing page (outcomes by run). Addresses never appear here: customers by re
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pandas as pd
 import sqlalchemy as sa
+
+from remarketing.platform.clock import now_or_clock
+from remarketing.platform.state import chunks
 
 CHUNK = 500
 ENGAGEMENT_KINDS = {"open": "open", "click": "click"}  # event -> send_windows.EVENT_WEIGHTS kind
@@ -65,19 +68,6 @@ class EngagementError(ValueError):
     """A stored engagement row that cannot be read; names the offending value."""
 
 
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now.astimezone(UTC)
-
-
-def _chunks(items: list, size: int = CHUNK):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def load_engagement(engine: sa.Engine) -> pd.DataFrame:
     """Engagement per known customer, for ``segments.compute_profiles(engagement=...)``.
 
@@ -107,7 +97,7 @@ def engagement_events(engine: sa.Engine, *, since: datetime | None = None) -> pd
         t.event.in_(list(ENGAGEMENT_KINDS)), t.customer_id.is_not(None)
     )
     if since is not None:
-        query = query.where(t.occurred_at >= _now(since))
+        query = query.where(t.occurred_at >= now_or_clock(since))
     with engine.connect() as conn:
         frame = pd.DataFrame(conn.execute(query).all(), columns=["customer_id", "occurred_at", "kind"])
     frame["customer_id"] = pd.to_numeric(frame["customer_id"], errors="coerce").astype("Int64")
@@ -150,7 +140,7 @@ def delivery_outcomes(engine: sa.Engine, keys: Iterable[str]) -> pd.DataFrame:
     t = send_outcomes.c
     rows = []
     with engine.connect() as conn:
-        for chunk in _chunks(sorted(set(keys))):
+        for chunk in chunks(sorted(set(keys)), CHUNK):
             rows.extend(conn.execute(sa.select(send_outcomes).where(t.ledger_key.in_(chunk))).all())
     frame = pd.DataFrame(rows, columns=[c.name for c in send_outcomes.columns]).set_index("ledger_key")
     for name in (*OUTCOME_TIMES, "unsubscribed_at", "updated_at"):

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from remarketing.delivery.ledger import claimed_count, transactional
 from remarketing.markets import Market
+from remarketing.platform.state import upsert_statement
 
 GateStatus = Literal["open", "warn", "halted"]
 METRICS = ("requests", "delivered", "bounces", "blocks", "spam_reports", "opens", "clicks", "unsubscribes")
@@ -72,19 +73,6 @@ class GateDecision:
         return asdict(self)
 
 
-def _upsert(engine: sa.Engine):
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(market_health)
-    keys = ("day", "market")
-    return stmt.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={c.name: stmt.excluded[c.name] for c in market_health.columns if c.name not in keys},
-    )
-
-
 def refresh_market_health(
     engine: sa.Engine, api, markets: Iterable[Market], start: date, end: date, *, now: datetime | None = None
 ) -> int:
@@ -114,7 +102,9 @@ def refresh_market_health(
             row[name] += value
     records = [{**r, "source": "sendgrid_category_stats", "updated_at": now} for r in rows.values()]
     if records:
-        transactional(engine, lambda conn: conn.execute(_upsert(engine), records))
+        transactional(
+            engine, lambda conn: conn.execute(upsert_statement(engine, market_health, ("day", "market")), records)
+        )
     return len(records)
 
 

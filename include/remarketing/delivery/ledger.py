@@ -50,15 +50,17 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
 from remarketing.delivery.messages import SendResult
+from remarketing.platform.clock import aware, now_or_clock
+from remarketing.platform.state import chunks, dialect_insert
 
 STATUSES = ("claimed", "sending", "accepted", "rejected", "unknown")
 IN_FLIGHT = ("claimed", "sending")
@@ -219,33 +221,9 @@ class ClaimContext:
         return f"{self.run_id}|{self.market}|try{self.try_number}"
 
 
-def _now(now: datetime | None) -> datetime:
-    return datetime.now(UTC) if now is None else _aware(now, "now")
-
-
-def _aware(value: datetime, name: str) -> datetime:
-    if isinstance(value, pd.Timestamp):
-        value = value.to_pydatetime()
-    if value.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware")
-    return value.astimezone(UTC)
-
-
-def _chunks(items: list, size: int = KEY_CHUNK) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _insert_ignoring_duplicates(engine: sa.Engine):
     """INSERT ... ON CONFLICT DO NOTHING on the ledger key (SQLite and PostgreSQL)."""
-    name = engine.dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"the remarketing DB must be SQLite or PostgreSQL, not {name}")
-    return insert(send_ledger).on_conflict_do_nothing(index_elements=["ledger_key"])
+    return dialect_insert(engine.dialect.name)(send_ledger).on_conflict_do_nothing(index_elements=["ledger_key"])
 
 
 _TRANSIENT = ("deadlock detected", "could not serialize", "database is locked", "database table is locked")
@@ -282,7 +260,7 @@ def recover_try(engine: sa.Engine, ctx: ClaimContext, *, now: datetime | None = 
     ``claimed`` rows are taken over by this try's token at once, so a zombie earlier try can no
     longer move them to ``sending``. Returns ``{"unknown": n, "taken_over": m}``.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     t = send_ledger.c
     mine = (t.run_id == ctx.run_id, t.market == ctx.market, t.claim_token != ctx.token)
 
@@ -308,7 +286,7 @@ def claim(engine: sa.Engine, ctx: ClaimContext, rows: pd.DataFrame, *, now: date
     its own run+market left ``claimed`` in an earlier try, and re-claims rows another run left
     ``rejected`` with a retryable error.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     if rows.empty:
         return set()
     if not rows["ledger_key"].is_unique:
@@ -352,7 +330,7 @@ def claim(engine: sa.Engine, ctx: ClaimContext, rows: pd.DataFrame, *, now: date
         )
     held: set[str] = set()
     insert = _insert_ignoring_duplicates(engine)
-    for chunk in _chunks(records):
+    for chunk in chunks(records, KEY_CHUNK):
         held |= transactional(engine, lambda conn, c=chunk: _claim_chunk(conn, ctx, c, insert, now))
     return held
 
@@ -410,7 +388,7 @@ def mark_sending(
     Only keys returned here may be handed to the transport: a key another try took over (or
     ``reconcile_stale`` released) is no longer ``claimed`` under this token and stays unsent.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     keys = sorted(set(keys))
     t = send_ledger.c
     values: dict[str, Any] = {"status": "sending", "dispatched_at": now}
@@ -419,7 +397,7 @@ def mark_sending(
 
     def work(conn):
         moved = 0
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys, KEY_CHUNK):
             moved += conn.execute(
                 sa.update(send_ledger)
                 .where(t.ledger_key.in_(chunk), t.claim_token == ctx.token, t.status == "claimed")
@@ -428,7 +406,7 @@ def mark_sending(
         if moved == len(keys):
             return set(keys)
         held = set()
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys, KEY_CHUNK):
             held |= set(
                 conn.execute(
                     sa.select(t.ledger_key).where(
@@ -469,7 +447,7 @@ def record_results(
     Conditioned on this try's token and on ``sending`` (or ``unknown``, should a newer try have
     given up on this one while its answer was still on the way): a finished row never changes.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     params = []
     for result in results:
         if result.outcome not in ("accepted", "rejected", "unknown"):
@@ -550,7 +528,7 @@ def reconcile_stale(
     (deleted: they never reached SendGrid). Rows of ``live_run_ids`` are left alone.
     Returns ``{"unknown": n, "released": m}``.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     cutoff = now - older_than
     live = list(live_run_ids)
     t = send_ledger.c
@@ -588,7 +566,7 @@ def mark_outcome(
     """
     if status not in ("accepted", "rejected"):
         raise LedgerError(f"ledger key {ledger_key}: an outcome is 'accepted' or 'rejected', not {status!r}")
-    now = _now(now)
+    now = now_or_clock(now)
     t = send_ledger.c
     values: dict[str, Any] = {"status": status, "finished_at": now, "retryable": retryable and status == "rejected"}
     if http_status is not None:
@@ -630,7 +608,7 @@ def lookup(engine: sa.Engine, keys: Iterable[str]) -> pd.DataFrame:
     t = send_ledger.c
     rows = []
     with engine.connect() as conn:
-        for chunk in _chunks(keys, 2000):
+        for chunk in chunks(keys, 2000):
             rows.extend(
                 conn.execute(
                     sa.select(t.ledger_key, *(t[c] for c in _LOOKUP_COLUMNS)).where(t.ledger_key.in_(chunk))
@@ -657,13 +635,13 @@ def customer_history(
     Columns: customer_ref, kind, flow, ledger_key, at (UTC: the scheduled ``send_at``, else the
     dispatch or claim time), keeping rows with ``since <= at < until``.
     """
-    since = _aware(since, "since")
-    until = None if until is None else _aware(until, "until")
+    since = aware(since, "since")
+    until = None if until is None else aware(until, "until")
     refs = sorted(set(customer_refs))
     t = send_ledger.c
     rows = []
     with engine.connect() as conn:
-        for chunk in _chunks(refs, 2000):
+        for chunk in chunks(refs, 2000):
             query = sa.select(t.customer_ref, t.kind, t.flow, t.ledger_key, t.send_at, t.dispatched_at, t.claimed_at)
             query = query.where(t.customer_ref.in_(chunk), t.status.in_(MAY_BE_SENT))
             # Coarse SQL filter on the claim time (a scheduled mail is at most 72 h after its claim).
@@ -688,7 +666,7 @@ def claimed_count(engine: sa.Engine, market: str, *, since: datetime) -> int:
     """
     t = send_ledger.c
     query = sa.select(sa.func.count()).where(
-        t.market == market, t.claimed_at >= _aware(since, "since"), t.status.in_(MAY_BE_SENT)
+        t.market == market, t.claimed_at >= aware(since, "since"), t.status.in_(MAY_BE_SENT)
     )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
@@ -714,7 +692,7 @@ def record_send_run(
     now: datetime | None = None,
 ) -> None:
     """Per-run, per-market counts by outcome (one row per outcome with a non-zero count)."""
-    now = _now(now)
+    now = now_or_clock(now)
     rows = [
         {
             "run_id": ctx.run_id,

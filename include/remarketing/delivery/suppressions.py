@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from remarketing.delivery.ledger import normalise_email, transactional
-from remarketing.platform.state import utc
+from remarketing.platform.state import upsert_statement, utc
 
 GLOBAL_KINDS = ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
 GROUP_KIND = "group_unsubscribes"
@@ -63,18 +63,6 @@ class SuppressionError(ValueError):
     """A suppression entry that cannot be stored (no address, bad timestamp)."""
 
 
-def _upsert(engine: sa.Engine, table: sa.Table, keys: list[str]):
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"the remarketing DB must be SQLite or PostgreSQL, not {engine.dialect.name}")
-    stmt = insert(table)
-    updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-    return stmt.on_conflict_do_update(index_elements=keys, set_=updated)
-
-
 def _epoch(value: Any, kind: str, position: int) -> datetime | None:
     if value is None:
         return None
@@ -105,7 +93,7 @@ def _entry(row: dict, kind: str, position: int, now: datetime, group_id: int = 0
 def _store(conn: sa.Connection, engine: sa.Engine, rows: list[dict]) -> None:
     # One row per (email, kind, group_id) in a statement: PostgreSQL refuses to update a row twice.
     unique = list({(r["email"], r["kind"], r["group_id"]): r for r in rows}.values())
-    stmt = _upsert(engine, suppressions, ["email", "kind", "group_id"])
+    stmt = upsert_statement(engine, suppressions, ["email", "kind", "group_id"])
     for start in range(0, len(unique), 1000):
         conn.execute(stmt, unique[start : start + 1000])
 
@@ -162,7 +150,7 @@ def sync_suppressions(
                 )
             _store(conn, engine, rows)
             conn.execute(
-                _upsert(engine, suppression_sync, ["kind"]),
+                upsert_statement(engine, suppression_sync, ["kind"]),
                 [{"kind": kind, "high_water": new_mark, "synced_at": now, "rows": len(rows)}],
             )
 
@@ -202,7 +190,7 @@ def add_local_suppression(
         "recorded_at": now,
     }
     transactional(
-        engine, lambda conn: conn.execute(_upsert(engine, suppressions, ["email", "kind", "group_id"]), [row])
+        engine, lambda conn: conn.execute(upsert_statement(engine, suppressions, ["email", "kind", "group_id"]), [row])
     )
 
 

@@ -57,6 +57,30 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def dialect_insert(dialect_name: str):
+    """The dialect's ``insert`` (with ON CONFLICT): the remarketing DB is SQLite or PostgreSQL."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect_name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"the remarketing DB must be SQLite or PostgreSQL, not {dialect_name}")
+    return insert
+
+
+def upsert_statement(engine: sa.Engine | sa.Connection, table: sa.Table, keys: list[str] | tuple[str, ...]):
+    """INSERT ... ON CONFLICT (keys) DO UPDATE every other column."""
+    stmt = dialect_insert(engine.dialect.name)(table)
+    updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=updated)
+
+
+def chunks(items: list, size: int):
+    """``items`` in slices of at most ``size`` (IN lists and multi-row inserts stay bounded)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def create_state_engine(url: str | sa.URL) -> sa.Engine:
     engine = sa.create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from remarketing.platform.state import dialect_insert
 from remarketing.profiles.lifecycle import PROFILE_COLUMNS, STAGES, TRANSITION_COLUMNS, ProfileResult
 
 profiles_metadata = sa.MetaData()
@@ -70,17 +71,6 @@ _TIMESTAMPS = ("last_open_at", "last_click_at", "first_order_at", "last_order_at
 _SMALL_INTS = ("r_score", "f_score", "m_score", "preferred_purchase_hour")
 _TEXT = ("market", "currency", "stage", "rfm_segment", "engagement_level")
 CHUNK_ROWS = 50_000
-
-
-def _dialect_insert(connection: sa.Connection):
-    name = connection.dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"the remarketing DB is SQLite or PostgreSQL, not {name}")
-    return insert
 
 
 def _favourites_json(series: pd.Series) -> pa.Array:
@@ -213,7 +203,7 @@ def write_profiles(
     columns = [c.name for c in customer_profiles.columns]
     history_columns = list(HISTORY_COLUMNS)
     with engine.begin() as connection:
-        insert = _dialect_insert(connection)
+        insert = dialect_insert(connection.dialect.name)
         stage = _stage_table(customer_profiles, "_profiles_stage")
         stage.create(connection)
         _load(connection, stage, frame)

@@ -56,6 +56,8 @@ from remarketing.delivery.engagement import (
 from remarketing.delivery.gate import METRICS, market_health
 from remarketing.delivery.suppressions import GROUP_KIND, add_local_suppression
 from remarketing.flows.feedback.webhook import EVENT_TYPES, digest, parse_events
+from remarketing.platform.clock import now_or_clock
+from remarketing.platform.state import chunks, dialect_insert, upsert_statement
 
 CHUNK = 500
 BATCHES_PER_PASS = 200
@@ -83,36 +85,6 @@ class FeedbackError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now.astimezone(UTC)
-
-
-def _insert(engine: sa.Engine, table: sa.Table):
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"the remarketing DB must be SQLite or PostgreSQL, not {engine.dialect.name}")
-    return insert(table)
-
-
-def _upsert(engine: sa.Engine, table: sa.Table, keys: list[str]):
-    stmt = _insert(engine, table)
-    return stmt.on_conflict_do_update(
-        index_elements=keys, set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-    )
-
-
-def _chunks(items: list, size: int = CHUNK):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _scrub(text: Any) -> str | None:
@@ -192,7 +164,7 @@ def apply_suppressions(engine: sa.Engine, events: Iterable[dict], *, now: dateti
     Idempotent (an upsert per address and kind). An event without an address cannot suppress
     anything and fails, naming its ``sg_event_id``.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     written = 0
     for position, event in enumerate(events):
         wanted = suppression_for(event)
@@ -215,7 +187,7 @@ def store_batch(engine: sa.Engine, body: bytes, events: list[dict] | None = None
     ``events`` is ``webhook.parse_events(body)`` when the caller already parsed it. The same body
     stored twice keeps one row and suppresses nothing more.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     if events is None:
         events = parse_events(body)
     key = digest(body)
@@ -224,7 +196,8 @@ def store_batch(engine: sa.Engine, body: bytes, events: list[dict] | None = None
 
     def work(conn):
         inserted = conn.execute(
-            _insert(engine, email_event_batches).on_conflict_do_nothing(index_elements=["digest"]), [row]
+            dialect_insert(engine.dialect.name)(email_event_batches).on_conflict_do_nothing(index_elements=["digest"]),
+            [row],
         ).rowcount
         batch_id = conn.execute(
             sa.select(email_event_batches.c.id).where(email_event_batches.c.digest == key)
@@ -278,7 +251,7 @@ def _ledger_rows(engine: sa.Engine, keys: list[str]) -> dict[str, Any]:
     t = ledger.send_ledger.c
     found: dict[str, Any] = {}
     with engine.connect() as conn:
-        for chunk in _chunks(sorted(set(keys))):
+        for chunk in chunks(sorted(set(keys)), CHUNK):
             query = sa.select(t.ledger_key, t.customer_ref, t.customer_id, t.market, t.flow, t.status, t.run_id).where(
                 t.ledger_key.in_(chunk)
             )
@@ -331,7 +304,7 @@ def fold_pending(
 
     Market health is recounted for the days new events fall on and for the last ``recount_days``.
     """
-    now = _now(now)
+    now = now_or_clock(now)
     summary = FoldSummary()
     by_type: Counter = Counter()
     unknown: Counter = Counter()
@@ -404,12 +377,17 @@ def _insert_new_events(engine: sa.Engine, rows: list[dict]) -> list[dict]:
 
     def work(conn):
         fresh = []
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows, CHUNK):
             ids = [r["sg_event_id"] for r in chunk]
             seen = set(conn.execute(sa.select(t.sg_event_id).where(t.sg_event_id.in_(ids))).scalars())
             todo = [r for r in chunk if r["sg_event_id"] not in seen]
             if todo:
-                conn.execute(_insert(engine, email_events).on_conflict_do_nothing(index_elements=["sg_event_id"]), todo)
+                conn.execute(
+                    dialect_insert(engine.dialect.name)(email_events).on_conflict_do_nothing(
+                        index_elements=["sg_event_id"]
+                    ),
+                    todo,
+                )
             fresh.extend(todo)
         return fresh
 
@@ -420,7 +398,7 @@ def _events_for(engine: sa.Engine, column: str, values: Iterable[str], names: li
     t = email_events.c
     rows = []
     with engine.connect() as conn:
-        for chunk in _chunks(sorted(values)):
+        for chunk in chunks(sorted(values), CHUNK):
             rows.extend(conn.execute(sa.select(*(t[n] for n in names)).where(t[column].in_(chunk))).all())
     frame = pd.DataFrame(rows, columns=names)
     if "occurred_at" in frame:
@@ -650,7 +628,7 @@ def _refresh_health(engine: sa.Engine, days: dict[str, set[date]], now: datetime
                 )
     if not records:
         return 0
-    stmt = _insert(engine, market_health)
+    stmt = dialect_insert(engine.dialect.name)(market_health)
     biggest = sa.func.greatest if engine.dialect.name == "postgresql" else sa.func.max
     stmt = stmt.on_conflict_do_update(
         index_elements=["day", "market"],
@@ -665,8 +643,8 @@ def _refresh_health(engine: sa.Engine, days: dict[str, set[date]], now: datetime
 
 def _write(engine: sa.Engine, table: sa.Table, keys: list[str], records: list[dict]) -> None:
     if records:
-        stmt = _upsert(engine, table, keys)
-        ledger.transactional(engine, lambda conn: [conn.execute(stmt, c) for c in _chunks(records)])
+        stmt = upsert_statement(engine, table, keys)
+        ledger.transactional(engine, lambda conn: [conn.execute(stmt, c) for c in chunks(records, CHUNK)])
 
 
 # ---------------------------------------------------------------------------------------------
