@@ -81,8 +81,9 @@ def prebuilt(market) -> callable:
 
 def rendered(market) -> callable:
     from remarketing.content.cart_links import signed_cart_link
-    from remarketing.content.engine import MailRenderer, cart_recovery_context
+    from remarketing.content.engine import MailRenderer
     from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
+    from remarketing.flows.cart_recovery.mail import cart_recovery_context
 
     renderer = MailRenderer()
     names = '{"de": "Wanderschuh Alpin", "en": "Alpine hiking boot"}'
@@ -131,8 +132,9 @@ def rendered(market) -> callable:
 
 
 def shared(market) -> callable:
-    from remarketing.content.engine import MailRenderer, campaign_context, substitutions_for
+    from remarketing.content.engine import MailRenderer, substitutions_for
     from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
+    from remarketing.flows.campaigns.mail import campaign_context
 
     renderer = MailRenderer()
     placeholders = {"greeting": "greeting", "unsubscribe_url": "unsubscribe_url"}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from remarketing.flows.campaigns import audience as c
+from remarketing.flows.campaigns.mail import check_localized
 from remarketing.markets import load_markets
 from remarketing.platform.state import create_state_engine, upgrade
 from remarketing.profiles.lifecycle import STAGES
@@ -89,12 +90,12 @@ def test_bad_campaigns_are_refused_naming_the_field(overrides, named):
 
 def test_localization_is_checked_in_each_markets_main_language():
     markets = load_markets()
-    assert c.check_localized(campaign(), markets) == []
+    assert check_localized(campaign(), markets) == []
     only_english = {**TEXTS, "subject": {"en": "Subject"}}
     with pytest.raises(c.CampaignError, match=r"variant v1: subject has no text in 'de' \(market DE"):
-        c.check_localized(campaign(content=only_english), markets)
+        check_localized(campaign(content=only_english), markets)
     with pytest.raises(c.CampaignError, match="cta_url"):
-        c.check_localized(campaign(content={**TEXTS, "cta_url": "ftp://x"}), markets)
+        check_localized(campaign(content={**TEXTS, "cta_url": "ftp://x"}), markets)
 
 
 def test_holdout_is_deterministic_independent_of_the_ab_split_and_within_tolerance():
@@ -195,7 +196,7 @@ def test_the_calendar_loads_and_local_holidays_decide_the_day():
     christmas = c.due_campaigns(entries, markets, datetime(2026, 12, 22, 8, tzinfo=UTC))
     assert {(d.market, d.send_date) for d in christmas} == {(m, date(2026, 12, 22)) for m in ("DE", "FR", "GB")}
     for entry in entries:
-        c.check_localized(entry.campaign, markets)
+        check_localized(entry.campaign, markets)
 
 
 def test_a_holiday_campaign_in_a_market_that_blocks_holidays_needs_days_before():
@@ -269,7 +270,7 @@ def test_variant_history_reads_the_ledger_and_skips_retryable_rejections(tmp_pat
 
 
 def test_welcome_audience_once_per_customer_and_reminder_only_without_an_order():
-    from remarketing.flows.welcome.tasks import welcome_audience
+    from remarketing.flows.welcome.audience import welcome_audience
 
     markets = load_markets()
     people = customers(range(1, 7)).assign(market="US", registered_at=NOW - timedelta(days=2))

@@ -14,20 +14,19 @@ from babel.messages.pofile import read_po
 from markupsafe import escape
 
 from remarketing.content.cart_links import recovery_utm, sign_cart_token, signed_cart_link, verify_cart_token
+from remarketing.content.catalogues import extract_messages
+from remarketing.content.context import mail_locale, product_name
 from remarketing.content.engine import (
     LOCALE_DIR,
     MAX_HTML_BYTES,
     SHARED_PLACEHOLDERS,
     MailRenderer,
     RenderError,
-    campaign_context,
-    cart_recovery_context,
-    extract_messages,
-    mail_locale,
-    product_name,
     substitutions_for,
-    welcome_context,
 )
+from remarketing.flows.campaigns.mail import campaign_context
+from remarketing.flows.cart_recovery.mail import cart_recovery_context
+from remarketing.flows.welcome.mail import welcome_context
 from remarketing.markets import load_markets
 
 MAILS = (

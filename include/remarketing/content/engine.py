@@ -29,14 +29,11 @@ for SendGrid's ``substitutions``, HTML-escaped for the html tokens::
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
 import numbers
 import re
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -46,8 +43,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from markupsafe import Markup, escape
-
-from remarketing.markets import Market
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PACKAGE_ROOT / "templates"
@@ -165,7 +160,7 @@ def _ctx_locale(ctx):
     return ctx["_locale"]
 
 
-def _to_decimal(value: Any, field: str) -> Decimal:
+def to_decimal(value: Any, field: str) -> Decimal:
     if isinstance(value, Decimal):
         result = value
     elif isinstance(value, bool) or value is None:
@@ -183,7 +178,7 @@ def _to_decimal(value: Any, field: str) -> Decimal:
             raise ValueError(f"{field} must be a number") from None
     else:
         try:  # numpy scalars and the like
-            return _to_decimal(float(value), field)
+            return to_decimal(float(value), field)
         except (TypeError, ValueError):
             raise ValueError(f"{field} must be a number, got {type(value).__name__}") from None
     if not result.is_finite():
@@ -191,7 +186,7 @@ def _to_decimal(value: Any, field: str) -> Decimal:
     return result
 
 
-def _quantize(template: str, locale: str, amount: Decimal, currency: str) -> Decimal:
+def quantize_amount(template: str, locale: str, amount: Decimal, currency: str) -> Decimal:
     """Round to the currency's minor unit (JPY has none), so shown lines add up to the shown total."""
     from babel.numbers import get_currency_precision, list_currencies
 
@@ -209,14 +204,14 @@ def _format_currency(amount: Decimal, currency: str, locale) -> str:
 
 
 def _money(ctx, amount: Any, currency: str | None = None) -> str:
-    return _format_currency(_to_decimal(amount, "amount"), currency or ctx["currency"], _ctx_locale(ctx))
+    return _format_currency(to_decimal(amount, "amount"), currency or ctx["currency"], _ctx_locale(ctx))
 
 
 def _percent(ctx, value: Any) -> str:
     """10 -> '10 %' (de), '10%' (en, ja)."""
     from babel.numbers import format_percent
 
-    return format_percent(_to_decimal(value, "percent") / 100, locale=_ctx_locale(ctx))
+    return format_percent(to_decimal(value, "percent") / 100, locale=_ctx_locale(ctx))
 
 
 def _local_datetime(ctx, value: datetime) -> str:
@@ -557,408 +552,3 @@ def _template_position(exc: BaseException) -> str:
             found = f" ({name} line {tb.tb_lineno})"
         tb = tb.tb_next
     return found
-
-
-# --- context builders -----------------------------------------------------------------------------
-
-
-def mail_locale(customer: Mapping[str, Any] | None, market: Market) -> str:
-    """The customer's locale when known, else the market's primary locale."""
-    tag = normalize_locale((customer or {}).get("locale") if customer else None)
-    return tag or market.primary_locale
-
-
-def _zone_for(customer: Mapping[str, Any] | None, market: Market) -> str:
-    zone = (customer or {}).get("time_zone") if customer else None
-    if isinstance(zone, str) and zone:
-        try:
-            ZoneInfo(zone)
-            return zone
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return market.default_time_zone
-
-
-def _is_missing(value: Any) -> bool:
-    """None, NaN, pandas NA/NaT: what a DataFrame row holds for an empty cell."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    return type(value).__name__ in ("NAType", "NaTType")
-
-
-def _text_or_none(value: Any) -> str | None:
-    if _is_missing(value):
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _http_url(template: str, locale: str, value: Any, what: str, *, required: bool = True) -> str | None:
-    url = _text_or_none(value)
-    if url is None:
-        if required:
-            raise RenderError(template, locale, f"{what} is missing")
-        return None
-    if not re.match(r"^https?://[^\s]+$", url, flags=re.IGNORECASE):
-        raise RenderError(template, locale, f"{what} is not an http(s) URL")
-    return url
-
-
-def _base_context(
-    template: str,
-    *,
-    market: Market,
-    customer: Mapping[str, Any] | None,
-    unsubscribe_url: str,
-    locale: str,
-) -> dict[str, Any]:
-    if not isinstance(market, Market):
-        raise RenderError(template, locale, f"market must be a Market, got {type(market).__name__}")
-    customer = customer or {}
-    return {
-        "market": market.code,
-        "shop_name": market.sender.from_name,
-        "shop_url": market.storefront.shop_url,
-        "privacy_url": market.storefront.privacy_url,
-        "support_email": market.sender.support_email,
-        "support_phone": market.sender.support_phone,
-        "unsubscribe_url": _http_url(template, locale, unsubscribe_url, "unsubscribe_url"),
-        "first_name": _text_or_none(customer.get("first_name")),
-        "last_name": _text_or_none(customer.get("last_name")),
-        "currency": market.currency,
-        "time_zone": _zone_for(customer, market),
-    }
-
-
-def product_name(names: Any, locale: str | None) -> str | None:
-    """The product's display name for a locale from the products table's ``names`` JSON.
-
-    Exact locale, then its language, then English, then any (alphabetically first key).
-    """
-    if isinstance(names, str):
-        try:
-            names = json.loads(names)
-        except ValueError:
-            return None
-    if not isinstance(names, Mapping):
-        return None
-    by_tag = {normalize_locale(k) or k: v for k, v in names.items() if isinstance(v, str) and v.strip()}
-    if not by_tag:
-        return None
-    tag = normalize_locale(locale) or SOURCE_LOCALE
-    language = tag.split("-")[0]
-    for key in (tag, language, *sorted(k for k in by_tag if k.split("-")[0] == language), SOURCE_LOCALE):
-        if key in by_tag:
-            return by_tag[key].strip()
-    return by_tag[sorted(by_tag)[0]].strip()
-
-
-def _incentive(template: str, locale: str, incentive: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if incentive is None:
-        return None
-    code = _text_or_none(incentive.get("code"))
-    if code is None or len(code) > 64:
-        raise RenderError(template, locale, "incentive.code is missing or longer than 64 characters")
-    percent = incentive.get("percent")
-    if isinstance(percent, bool) or not isinstance(percent, numbers.Real | Decimal) or not 0 < percent < 100:
-        raise RenderError(template, locale, "incentive.percent must be a number between 0 and 100")
-    expires_at = incentive.get("expires_at")
-    if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
-        raise RenderError(template, locale, "incentive.expires_at must be a timezone-aware datetime")
-    return {"code": code, "percent": percent, "expires_at": expires_at}
-
-
-def _grid(
-    template: str, locale: str, products: Sequence[Mapping[str, Any]], currency: str, utm: Mapping[str, str]
-) -> list[dict[str, Any]]:
-    """Product cards; a price shows only when the product is priced in the mail's currency."""
-    from remarketing.content.cart_links import with_query
-
-    if len(products) > MAX_GRID_PRODUCTS:
-        raise RenderError(template, locale, f"{len(products)} grid products, at most {MAX_GRID_PRODUCTS}")
-    cards = []
-    for row in products:
-        pid = row.get("product_id")
-        if row.get("active") is False:
-            raise RenderError(template, locale, f"product_id {pid} is inactive and cannot be offered")
-        name = product_name(row.get("names"), locale)
-        if name is None:
-            raise RenderError(template, locale, f"product_id {pid} has no usable name in 'names'")
-        url = _http_url(template, locale, row.get("product_url"), f"product_id {pid} product_url")
-        price = None
-        if row.get("currency") == currency and row.get("price") is not None:
-            try:
-                price = _quantize(template, locale, _to_decimal(row.get("price"), "price"), currency)
-            except ValueError:
-                raise RenderError(template, locale, f"product_id {pid} price is not a number") from None
-        cards.append(
-            {
-                "product_id": pid,
-                "name": name,
-                "image_url": _http_url(
-                    template, locale, row.get("image_url"), f"product_id {pid} image_url", required=False
-                ),
-                "url": with_query(url, utm),
-                "price": price,
-            }
-        )
-    return cards
-
-
-def cart_recovery_context(
-    *,
-    step: int,
-    market: Market,
-    customer: Mapping[str, Any] | None,
-    cart: Mapping[str, Any],
-    items: Sequence[Mapping[str, Any]],
-    products: Mapping[int, Mapping[str, Any]],
-    cart_link: str,
-    unsubscribe_url: str,
-    incentive: Mapping[str, Any] | None = None,
-    locale: str,
-    feedback_url: str | None = None,
-) -> dict[str, Any]:
-    """Context for ``cart_recovery/step<step>``.
-
-    customer: a customers row (first_name, last_name, time_zone; None or {} for guests); cart: a
-    carts row (cart_id, currency); items: its cart_items rows (cart_item_id, product_id, quantity,
-    unit_price, currency); products: product_id -> products row (names JSON, image_url);
-    incentive: {code, percent, expires_at} (required for step 3); feedback_url: optional survey.
-    Lines with quantity 0 are removed lines and not shown; everything else that does not fit
-    raises RenderError naming the cart_id / cart_item_id / product_id.
-
-    Returns keys: step, items (name, image_url, quantity, unit_price, line_total, product_id),
-    items_hidden, item_count, cart_total, cart_id, cart_link, feedback_url, incentive, plus the
-    base keys (shop_name, shop_url, privacy_url, support_email, support_phone, unsubscribe_url,
-    first_name, last_name, currency, time_zone, market).
-    """
-    template = f"cart_recovery/step{step}"
-    if step not in (1, 2, 3):
-        raise RenderError(template, str(locale), f"unknown cart recovery step {step!r}")
-    context = _base_context(template, market=market, customer=customer, unsubscribe_url=unsubscribe_url, locale=locale)
-    cart_id = cart.get("cart_id")
-    currency = _text_or_none(cart.get("currency")) or market.currency
-    context["currency"] = currency
-    lines = []
-    total = Decimal(0)
-    for item in items:
-        item_id = item.get("cart_item_id")
-        if item.get("cart_id") is not None and item.get("cart_id") != cart_id:
-            raise RenderError(
-                template, locale, f"cart_item_id {item_id} belongs to another cart than cart_id {cart_id}"
-            )
-        quantity = item.get("quantity")
-        if isinstance(quantity, float) and quantity.is_integer():
-            quantity = int(quantity)
-        if isinstance(quantity, bool) or not isinstance(quantity, numbers.Integral) or quantity < 0:
-            raise RenderError(template, locale, f"cart_item_id {item_id} has an invalid quantity")
-        quantity = int(quantity)
-        if quantity == 0:
-            continue
-        item_currency = _text_or_none(item.get("currency")) or currency
-        if item_currency != currency:
-            raise RenderError(template, locale, f"cart_item_id {item_id} is in {item_currency}, the cart in {currency}")
-        pid = item.get("product_id")
-        product = products.get(pid) if pid is not None else None
-        if product is None:
-            raise RenderError(template, locale, f"cart_item_id {item_id}: product_id {pid} not found")
-        name = product_name(product.get("names"), locale)
-        if name is None:
-            raise RenderError(template, locale, f"product_id {pid} has no usable name in 'names'")
-        try:
-            unit_price = _to_decimal(item.get("unit_price"), "unit_price")
-        except ValueError:
-            raise RenderError(template, locale, f"cart_item_id {item_id} has no valid unit_price") from None
-        if unit_price < 0:
-            raise RenderError(template, locale, f"cart_item_id {item_id} has a negative unit_price")
-        unit_price = _quantize(template, locale, unit_price, currency)
-        line_total = unit_price * quantity
-        total += line_total
-        image = _http_url(template, locale, product.get("image_url"), f"product_id {pid} image_url", required=False)
-        lines.append(
-            {
-                "product_id": pid,
-                "name": name,
-                "image_url": image,
-                "quantity": quantity,
-                "unit_price": unit_price,
-                "line_total": line_total,
-            }
-        )
-    if not lines:
-        raise RenderError(template, locale, f"cart_id {cart_id} has no items to show")
-    incentive_ctx = _incentive(template, locale, incentive)
-    if step == 3 and incentive_ctx is None:
-        raise RenderError(template, locale, f"cart_id {cart_id}: step 3 needs an incentive", variable="incentive")
-    context.update(
-        step=step,
-        cart_id=cart_id,
-        items=lines[:MAX_ITEMS_SHOWN],
-        items_hidden=len(lines) - min(len(lines), MAX_ITEMS_SHOWN),
-        item_count=sum(line["quantity"] for line in lines),
-        cart_total=total,
-        cart_link=_http_url(template, locale, cart_link, "cart_link"),
-        feedback_url=_http_url(template, locale, feedback_url, "feedback_url", required=False),
-        incentive=incentive_ctx,
-    )
-    return context
-
-
-def welcome_context(
-    *,
-    kind: str = "member",
-    market: Market,
-    customer: Mapping[str, Any] | None,
-    unsubscribe_url: str,
-    locale: str,
-    products: Sequence[Mapping[str, Any]] = (),
-    incentive: Mapping[str, Any] | None = None,
-    utm: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Context for ``welcome/member`` (kind="member") and ``welcome/reminder`` (kind="reminder").
-
-    products: optional products rows shown as popular picks (a price shows when in the market's
-    currency); incentive: optional welcome code {code, percent, expires_at}; utm: added to every
-    shop link (default utm_source=remarketing, utm_medium=email, utm_campaign=welcome,
-    utm_content=<kind>).
-
-    Returns the base keys plus kind, start_url, products, incentive.
-    """
-    from remarketing.content.cart_links import with_query
-
-    template = f"welcome/{kind}"
-    if kind not in ("member", "reminder"):
-        raise RenderError(template, str(locale), f"unknown welcome mail {kind!r}")
-    context = _base_context(template, market=market, customer=customer, unsubscribe_url=unsubscribe_url, locale=locale)
-    utm = dict(utm) if utm is not None else _utm("welcome", kind)
-    context.update(
-        kind=kind,
-        start_url=with_query(market.storefront.shop_url, utm),
-        products=_grid(template, locale, products, context["currency"], utm),
-        incentive=_incentive(template, locale, incentive),
-    )
-    return context
-
-
-def _utm(campaign: str, content: str) -> dict[str, str]:
-    return {"utm_source": "remarketing", "utm_medium": "email", "utm_campaign": campaign, "utm_content": content}
-
-
-def pick_localized(value: Any, locale: str | None) -> Any:
-    """A campaign field given per locale ({"de": ..., "en": ...}) or once for all: the locale's text.
-
-    Falls back like the catalogues: exact, language, a sibling, en, then the first key.
-    """
-    if not isinstance(value, Mapping):
-        return value
-    if not value:
-        return None
-    by_tag = {normalize_locale(k) or k: v for k, v in value.items()}
-    tag = normalize_locale(locale) or SOURCE_LOCALE
-    language = tag.split("-")[0]
-    for key in (tag, language, *sorted(k for k in by_tag if k.split("-")[0] == language), SOURCE_LOCALE):
-        if key in by_tag:
-            return by_tag[key]
-    return by_tag[sorted(by_tag)[0]]
-
-
-def campaign_context(
-    *,
-    market: Market,
-    customer: Mapping[str, Any] | None,
-    unsubscribe_url: str,
-    locale: str,
-    campaign: Mapping[str, Any],
-    products: Sequence[Mapping[str, Any]] = (),
-    variant: str | None = None,
-) -> dict[str, Any]:
-    """Context for ``campaign/generic``.
-
-    campaign (from the DAG's Params; text fields either a string or a {locale: string} map):
-      campaign_id (required), subject (required), preheader (required), headline (required),
-      paragraphs (list of strings, required), cta_url (required, http/https), cta_label
-      (optional, default "Shop now" translated), hero_image_url and hero_alt (optional),
-      products_heading (optional, default "Selected for you" translated).
-    products: optional products rows for the grid. variant: content variant id, for utm_content.
-    customer may be None for shared content rendered with placeholders.
-
-    Returns the base keys plus ``campaign`` (the fields above resolved for the locale, cta_url
-    with UTM parameters) and ``products``.
-    """
-    from remarketing.content.cart_links import with_query
-
-    template = "campaign/generic"
-    context = _base_context(template, market=market, customer=customer, unsubscribe_url=unsubscribe_url, locale=locale)
-    campaign_id = _text_or_none(campaign.get("campaign_id"))
-    if campaign_id is None:
-        raise RenderError(template, locale, "campaign.campaign_id is missing", variable="campaign_id")
-    fields: dict[str, Any] = {"campaign_id": campaign_id}
-    for key in ("subject", "preheader", "headline"):
-        text = _text_or_none(pick_localized(campaign.get(key), locale))
-        if text is None:
-            raise RenderError(
-                template, locale, f"campaign {campaign_id}: {key} is missing for this locale", variable=key
-            )
-        fields[key] = text
-    paragraphs = pick_localized(campaign.get("paragraphs"), locale)
-    if isinstance(paragraphs, str):
-        paragraphs = [paragraphs]
-    if not isinstance(paragraphs, Sequence) or not paragraphs or not all(isinstance(p, str) for p in paragraphs):
-        raise RenderError(
-            template, locale, f"campaign {campaign_id}: paragraphs must be a list of strings", variable="paragraphs"
-        )
-    fields["paragraphs"] = [p.strip() for p in paragraphs if p.strip()]
-    for key in ("cta_label", "hero_alt", "products_heading"):
-        fields[key] = _text_or_none(pick_localized(campaign.get(key), locale))
-    fields["hero_image_url"] = _http_url(
-        template, locale, campaign.get("hero_image_url"), "campaign.hero_image_url", required=False
-    )
-    utm = _utm(campaign_id, variant or "default")
-    cta_url = _http_url(template, locale, pick_localized(campaign.get("cta_url"), locale), "campaign.cta_url")
-    fields["cta_url"] = with_query(cta_url, utm)
-    context.update(campaign=fields, products=_grid(template, locale, products, context["currency"], utm))
-    return context
-
-
-# --- catalogue maintenance ------------------------------------------------------------------------
-
-
-def extract_messages(templates_dir: Path | None = None):
-    """All msgids: the templates' gettext calls and trans blocks, and the greetings above."""
-    from babel.messages.catalog import Catalog
-    from babel.messages.extract import extract_from_file
-
-    templates_dir = Path(templates_dir) if templates_dir is not None else TEMPLATES_DIR
-    catalog = Catalog(project="remarketing", msgid_bugs_address=None)
-    options = {
-        "extensions": "jinja2.ext.i18n",
-        "trim_blocks": "true",
-        "lstrip_blocks": "true",
-        "newstyle_gettext": "true",
-    }
-    sources = [(path, "jinja2.ext.babel_extract", options) for path in sorted(templates_dir.rglob("*.j2"))]
-    sources.append((Path(__file__), "python", {}))
-    for path, method, opts in sources:
-        keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "pgettext": ((1, "c"), 2)}
-        for lineno, message, comments, context in extract_from_file(method, str(path), keywords=keywords, options=opts):
-            location = path.relative_to(PACKAGE_ROOT).as_posix() if path.is_relative_to(PACKAGE_ROOT) else path.name
-            catalog.add(message, None, [(location, lineno)], auto_comments=comments, context=context)
-    return catalog
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m remarketing.content.engine --pot include/locale/messages.pot`` writes the catalogue template."""
-    from babel.messages.pofile import write_po
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--pot", type=Path, default=LOCALE_DIR / "messages.pot")
-    args = parser.parse_args(argv)
-    with args.pot.open("wb") as fh:
-        write_po(fh, extract_messages(), omit_header=False, sort_output=True, width=120)
-    print(f"written {args.pot}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

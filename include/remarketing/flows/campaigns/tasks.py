@@ -46,7 +46,6 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
     from remarketing.flows.campaigns.audience import (
         campaign_audience,
         campaign_from_params,
-        check_localized,
         due_campaigns,
         had_calendar_date,
         load_calendar,
@@ -55,6 +54,7 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
         send_horizon,
         variant_history,
     )
+    from remarketing.flows.campaigns.mail import check_localized
     from remarketing.markets import load_markets
     from remarketing.platform.connections import remarketing_engine
     from remarketing.platform.storage import read_clean, run_folder
@@ -153,36 +153,6 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
 # --- send ----------------------------------------------------------------------------------------
 
 
-def campaign_renderer(campaign: Campaign, market, secret: bytes, renderer=None):
-    """Shared content per (variant, arm): campaign_context with the arm's subject, UTM content = variant."""
-    from remarketing.content.engine import campaign_context
-    from remarketing.delivery.shared_content import SharedContentRenderer
-
-    def content(key: tuple, locale: str):
-        variant, arm = key
-        fields = campaign.variant_fields(variant, arm)
-        context = campaign_context(
-            market=market,
-            customer=None,
-            unsubscribe_url=market.storefront.unsubscribe_url,  # replaced by each recipient's token
-            locale=locale,
-            campaign=fields,
-            variant=variant,
-        )
-        return campaign.template, context
-
-    return SharedContentRenderer(
-        flow=FLOW,
-        market=market,
-        secret=secret,
-        group_columns=("content_version", "step"),
-        content=content,
-        categories=lambda key: (f"campaign:{campaign.campaign_id}", f"variant:{key[0]}"),
-        custom_args=lambda key: {"campaign": campaign.campaign_id, "variant": key[0]},
-        renderer=renderer,
-    )
-
-
 def _members(skipped, outcomes_path: str | None):
     """Every member's outcome: the pre-send ones and the send step's (its latest try's file)."""
     import pandas as pd
@@ -219,6 +189,7 @@ def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     from remarketing.delivery.send_step import OUTCOMES
     from remarketing.delivery.tasks import market_sender
     from remarketing.flows.campaigns.audience import record_members, send_horizon
+    from remarketing.flows.campaigns.mail import campaign_renderer
 
     renderer = MailRenderer()
     results = []

@@ -83,117 +83,20 @@ def find_abandoned_carts(validated: dict, *, markets: list[str], run_id: str, as
     return jobs
 
 
-class _RecoveryRenderer:
-    """The send step's render callback: live re-check, then one personal mail per cart."""
-
-    def __init__(self, *, market, job: dict, secret: bytes, now, store_conn=None):
-        import pandas as pd
-        import pyarrow.parquet as pq
-        from airflow.sdk import ObjectStoragePath
-
-        from remarketing.content.engine import MailRenderer
-        from remarketing.flows.cart_recovery.config import load_flows
-
-        self.market = market
-        self.config = load_flows().cart_recovery
-        self.secret = secret
-        self.now = now
-        self.store_conn = store_conn
-        self.renderer = MailRenderer()
-
-        def read(table):
-            with ObjectStoragePath(job["clean"][table]).open("rb") as handle:
-                return pq.read_table(handle).to_pandas()
-
-        audience_carts = set(pd.read_parquet(job["audience_path"], columns=["cart_id"])["cart_id"].astype(int))
-        items = read("cart_items")
-        self.items = items[items["cart_id"].isin(audience_carts)].groupby("cart_id")
-        products = read("products")
-        self.products = {int(p["product_id"]): p for p in products.to_dict("records")}
-        customers = read("customers")
-        self.customers = customers.set_index("customer_id", drop=False)
-
-    def __call__(self, chunk):
-        from remarketing.content.cart_links import signed_cart_link
-        from remarketing.content.engine import RenderError, cart_recovery_context
-        from remarketing.delivery.compose import marketing_message, marketing_recipient, unsubscribe_link
-        from remarketing.delivery.send_step import RenderFailure
-        from remarketing.flows.cart_recovery.audience import recheck_converted
-
-        market = self.market
-        converted: set[int] = set()
-        if self.store_conn is not None:
-            due = chunk.assign(owner_id=chunk["customer_id"].astype("float64"))[
-                ["cart_id", "owner_id", "last_change_at"]
-            ]
-            converted = recheck_converted(self.store_conn, due)
-        for row in chunk.to_dict("records"):
-            key = row["ledger_key"]
-            cart_id = int(row["cart_id"])
-            if cart_id in converted:
-                yield RenderFailure((key,), f"cart {cart_id} converted since the scan", outcome="converted")
-                continue
-            step = self.config.step(int(row["step"]))
-            unsubscribe = unsubscribe_link(market, row["customer_ref"], self.secret)
-            link = signed_cart_link(
-                market.storefront.cart_url,
-                cart_id,
-                step=step.step,
-                market=market.code,
-                secret=self.secret,
-                expires_at=self.now + timedelta(days=self.config.max_cart_age_days),
-            )
-            incentive = None
-            if step.incentive is not None:
-                incentive = {
-                    "code": step.incentive.code,
-                    "percent": step.incentive.percent,
-                    "expires_at": self.now + timedelta(days=step.incentive.valid_days),
-                }
-            customer = None
-            if row["customer_id"] is not None and row["customer_id"] == row["customer_id"]:
-                customer = self.customers.loc[int(row["customer_id"])].to_dict()
-            try:
-                items = self.items.get_group(cart_id).to_dict("records")
-                context = cart_recovery_context(
-                    step=step.step,
-                    market=market,
-                    customer=customer,
-                    cart={"cart_id": cart_id, "currency": row["currency"]},
-                    items=items,
-                    products=self.products,
-                    cart_link=link,
-                    unsubscribe_url=unsubscribe,
-                    incentive=incentive,
-                    locale=row["locale"],
-                )
-                mail = self.renderer.render(step.template, row["locale"], context)
-            except (RenderError, KeyError) as exc:
-                yield RenderFailure((key,), f"render failed for cart {cart_id}: {exc}")
-                continue
-            recipient = marketing_recipient(row, unsubscribe=unsubscribe, name=(customer or {}).get("first_name"))
-            yield marketing_message(
-                market,
-                mail,
-                (recipient,),
-                categories=(f"template:{step.template.replace('/', '-')}",),
-                custom_args={"flow": FLOW, "market": market.code, "step": str(step.step)},
-            )
-
-
 def send_recovery_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict:
     """One market's recovery send through the shared send step; logs its outcome table."""
     import pandas as pd
 
     from remarketing.delivery.tasks import market_sender
     from remarketing.flows.cart_recovery.config import load_flows
+    from remarketing.flows.cart_recovery.mail import RecoveryRenderer
     from remarketing.platform.connections import store_connection
 
     config = load_flows().cart_recovery
     audience = pd.read_parquet(job["audience_path"])
     with market_sender(FLOW, job, run_id=run_id, try_number=try_number, dry_run=dry_run) as sender:
         with store_connection("carts") as conn:
-            render = _RecoveryRenderer(
+            render = RecoveryRenderer(
                 market=sender.market, job=job, secret=sender.secret, now=sender.now, store_conn=conn
             )
             summary = sender.send(audience, render, horizon=timedelta(hours=config.send_horizon_hours))
