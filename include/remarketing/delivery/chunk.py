@@ -35,9 +35,25 @@ def categories(message: Message, flow: str, market: Market, steps: set[str]) -> 
     return tuple(dict.fromkeys([*ours, *message.categories]))
 
 
+class _Chunk:
+    """Positions and per-key values of one chunk: ledger key -> audience row, address, step, send_at."""
+
+    def __init__(self, chunk: pd.DataFrame):
+        self.frame = chunk
+        keys = chunk["ledger_key"].tolist()  # plain lists: iterating Arrow-backed columns is slow
+        self.position = dict(zip(keys, chunk.index.tolist(), strict=True))
+        self.email_of = dict(zip(keys, map(ledger.normalise_email, chunk["email"].tolist()), strict=True))
+        self.step_of = dict(zip(keys, map(str, chunk["step"].tolist()), strict=True))
+        self.send_at_of = dict(zip(keys, chunk["send_at"].tolist(), strict=True))
+
+    def rows_of(self, keys: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.position[k] for k in keys), dtype=np.int64)
+
+
 def send_chunk(
     *, chunk, flow, kind, market, ctx, engine, transport, render, validate, out, now, batch_id, dry_run
 ) -> None:
+    """Step 9 for one chunk: suppressions again, render and validate, then claim and send."""
     # Unsubscribes that arrived while earlier chunks were sent.
     reasons = suppression_reasons(engine, chunk["email"], market.sendgrid_unsubscribe_group_id)
     hit = reasons.notna()
@@ -46,23 +62,33 @@ def send_chunk(
     chunk = chunk.loc[~hit]
     if chunk.empty:
         return
-    chunk_keys = chunk["ledger_key"].tolist()  # plain lists: iterating Arrow-backed columns is slow
-    position = dict(zip(chunk_keys, chunk.index.tolist(), strict=True))
+    part = _Chunk(chunk)
+    messages = _messages(part, flow=flow, market=market, render=render, validate=validate, out=out, now=now,
+                         batch_id=batch_id)  # fmt: skip
+    if not messages:
+        return
+    if dry_run:
+        for message in messages:
+            rows = part.rows_of([r.ledger_key for r in message.recipients])
+            outcome = "scheduled" if message.send_at is not None else "sent"
+            send_at = part.send_at_of[message.recipients[0].ledger_key]
+            out.set(rows, outcome, "dry run: nothing claimed or sent", send_at=send_at)
+        return
+    _claim_and_send(part, messages, kind=kind, ctx=ctx, engine=engine, transport=transport, out=out, now=now,
+                    batch_id=batch_id)  # fmt: skip
 
-    def rows_of(keys: Iterable[str]) -> np.ndarray:
-        return np.fromiter((position[k] for k in keys), dtype=np.int64)
 
-    email_of = dict(zip(chunk_keys, map(ledger.normalise_email, chunk["email"].tolist()), strict=True))
-    step_of = dict(zip(chunk_keys, map(str, chunk["step"].tolist()), strict=True))
-    send_at_of = dict(zip(chunk_keys, chunk["send_at"].tolist(), strict=True))
-
+def _messages(part: _Chunk, *, flow, market, render, validate, out, now, batch_id) -> list[Message]:
+    """The chunk rendered, one request per planned instant, each validated; failures get their outcome."""
+    position, rows_of, email_of = part.position, part.rows_of, part.email_of
+    step_of, send_at_of, chunk = part.step_of, part.send_at_of, part.frame
     messages: list[Message] = []
     seen: set[str] = set()
     try:
         rendered = list(render(chunk.copy()))
     except Exception as exc:  # noqa: BLE001 - a broken template fails this chunk's members, not the market
         out.set(chunk.index.to_numpy(), "failed", scrub(f"render failed: {type(exc).__name__}: {exc}"))
-        return
+        return []
     for item in rendered:
         item_keys = [r.ledger_key for r in item.recipients] if isinstance(item, Message) else list(item.ledger_keys)
         unknown = [k for k in item_keys if k not in position]
@@ -106,19 +132,13 @@ def send_chunk(
     missing = [k for k in position if k not in seen]
     if missing:
         out.set(rows_of(missing), "failed", "render produced no message for this member")
-    if not messages:
-        return
+    return messages
 
+
+def _claim_and_send(part: _Chunk, messages: list[Message], *, kind, ctx, engine, transport, out, now, batch_id):
+    """The ledger protocol for the chunk's messages: claim, mark sending in small batches, send, record."""
+    rows_of, send_at_of, chunk = part.rows_of, part.send_at_of, part.frame
     keys = [r.ledger_key for m in messages for r in m.recipients]
-    if dry_run:
-        for message in messages:
-            rows = rows_of([r.ledger_key for r in message.recipients])
-            outcome = "scheduled" if message.send_at is not None else "sent"
-            out.set(
-                rows, outcome, "dry run: nothing claimed or sent", send_at=send_at_of[message.recipients[0].ledger_key]
-            )
-        return
-
     claim_rows = chunk.set_index("ledger_key", drop=False).loc[
         keys, ["ledger_key", "step", "customer_ref", "customer_id", "subject_id", "content_version", "send_at"]
     ]
