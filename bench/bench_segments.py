@@ -203,7 +203,8 @@ def _status_kib(field: str) -> int:
 
 def child(size: int) -> dict:
     from remarketing.markets import load_markets
-    from remarketing.profiles.lifecycle import compute_profiles, compute_rfm, load_lifecycle_config
+    from remarketing.profiles.config import load_lifecycle_config
+    from remarketing.profiles.lifecycle import compute_profiles, compute_rfm
 
     markets, config = load_markets(), load_lifecycle_config()
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from remarketing.flows.campaigns import audience as c
 from remarketing.flows.campaigns.mail import check_localized
 from remarketing.markets import load_markets
 from remarketing.platform.state import create_state_engine, upgrade
-from remarketing.profiles.lifecycle import STAGES
+from remarketing.profiles.config import STAGES
 
 NOW = datetime(2026, 11, 24, 9, tzinfo=UTC)
 TEXTS = {

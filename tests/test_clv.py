@@ -13,7 +13,6 @@ from demo_shop.generator import generate_store
 from remarketing.profiles.clv import (
     BgNbdParams,
     ModelFit,
-    ModelInputError,
     _Objective,
     calibration_report,
     expected_purchases,
@@ -24,6 +23,7 @@ from remarketing.profiles.clv import (
     p_alive,
     simulate_bgnbd,
 )
+from remarketing.profiles.frames import ModelInputError
 
 ONES = BgNbdParams(1.0, 1.0, 1.0, 1.0)
 TRUE = BgNbdParams(r=0.8, alpha=40.0, a=0.7, b=2.5)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from conftest import sqlite_conn_env
 
 from demo_shop.generator import generate_store, write_store
-from remarketing.profiles.lifecycle import STAGES, describe_config, load_lifecycle_config
+from remarketing.profiles.config import STAGES, describe_config, load_lifecycle_config
 
 pytestmark = pytest.mark.airflow_run
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,8 @@ from demo_shop.generator import generate_store, write_store
 from remarketing.flows.campaigns.audience import FLOW, REASON_EXHAUSTED, load_members
 from remarketing.markets import load_markets
 from remarketing.platform.state import create_state_engine, upgrade
-from remarketing.profiles.lifecycle import compute_profiles, load_lifecycle_config
+from remarketing.profiles.config import load_lifecycle_config
+from remarketing.profiles.lifecycle import compute_profiles
 from remarketing.profiles.store import write_profiles
 
 pytestmark = [pytest.mark.airflow_run, pytest.mark.clock]

@@ -17,17 +17,19 @@ from demo_shop.generator import generate_store
 from remarketing.markets import load_markets
 from remarketing.platform import state
 from remarketing.profiles.clv import BgNbdParams, ModelFit, p_alive
-from remarketing.profiles.lifecycle import (
+from remarketing.profiles.config import (
     DEFAULT_LIFECYCLE_FILE,
-    PROFILE_COLUMNS,
     STAGES,
     LifecycleConfigError,
-    ProfileInputError,
-    compute_profiles,
-    compute_rfm,
     describe_config,
     load_lifecycle_config,
     parse_lifecycle_config,
+)
+from remarketing.profiles.lifecycle import (
+    PROFILE_COLUMNS,
+    ProfileInputError,
+    compute_profiles,
+    compute_rfm,
     stage_transitions,
 )
 from remarketing.profiles.store import load_profiles, segment_history, transitions_since, write_profiles

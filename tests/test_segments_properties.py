@@ -17,13 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remarketing.markets import load_markets
-from remarketing.profiles.lifecycle import (
-    DEFAULT_LIFECYCLE_FILE,
-    STAGES,
-    _scores,
-    compute_profiles,
-    parse_lifecycle_config,
-)
+from remarketing.profiles.config import DEFAULT_LIFECYCLE_FILE, STAGES, parse_lifecycle_config
+from remarketing.profiles.lifecycle import _scores, compute_profiles
 
 AS_OF = datetime(2026, 5, 1, 12, tzinfo=UTC)
 MARKETS = load_markets()

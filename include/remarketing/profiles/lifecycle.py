@@ -39,38 +39,40 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from remarketing.markets import MarketConfig
-from remarketing.platform import settings
 from remarketing.profiles.clv import (
     DAY_US,
     EXCLUDED_STATUSES,
     ORDER_STATUSES,
     ModelFit,
-    ModelInputError,
-    _examples,
-    _int_keys,
-    _locate,
-    _require_columns,
-    _unique_or_fail,
-    _utc_micros,
     expected_purchases,
     fit_market_models,
     p_alive,
     purchase_history,
 )
+from remarketing.profiles.config import (
+    ENGAGEMENT_LEVELS,
+    HORIZON_DAYS,
+    STAGE_PRECEDENCE,
+    STAGES,
+    LifecycleConfig,
+    LifecycleConfigError,
+)
+from remarketing.profiles.frames import (
+    ModelInputError,
+    examples,
+    int_keys,
+    locate,
+    require_columns,
+    unique_or_fail,
+    utc_micros,
+)
 
-DEFAULT_LIFECYCLE_FILE = settings.DEFAULT_LIFECYCLE_FILE
-STAGES = ("prospect", "new", "active", "vip", "at_risk", "dormant")
-STAGE_PRECEDENCE = ("prospect", "new", "dormant", "at_risk", "vip", "active")  # first match wins
-ENGAGEMENT_LEVELS = ("high", "medium", "low", "none")
-HORIZON_DAYS = 90  # expected_purchases_90d
 PROFILE_COLUMNS = (
     "customer_id", "market", "currency", "stage", "recency_days", "frequency", "monetary", "r_score", "f_score",
     "m_score", "rfm_segment", "favourite_categories", "price_sensitivity", "avg_order_value",
@@ -102,200 +104,8 @@ def _profile_errors(function):
     return wrapper
 
 
-class LifecycleConfigError(ValueError):
-    """include/lifecycle.yaml (or another lifecycle file) is missing or invalid."""
-
-
 # ---------------------------------------------------------------------------------------------
 # configuration
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AtRiskRule(_Strict):
-    interval_quantile: float = Field(gt=0, lt=1)
-    interval_factor: float = Field(gt=0)
-    min_interval_days: float = Field(gt=0)
-    max_interval_days: float = Field(gt=0)
-    min_gaps: int = Field(ge=1)
-    default_interval_days: float = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AtRiskRule:
-        if not self.min_interval_days <= self.default_interval_days <= self.max_interval_days:
-            raise ValueError("needs min_interval_days <= default_interval_days <= max_interval_days")
-        return self
-
-
-class DormantRule(_Strict):
-    p_alive_below: float = Field(ge=0, le=1)
-    recency_days: float = Field(gt=0)
-
-
-class VipRule(_Strict):
-    min_orders: int = Field(ge=1)
-    monetary_quantile: float = Field(ge=0, le=1)
-
-
-class StageThresholds(_Strict):
-    new_days: float = Field(ge=0)
-    at_risk: AtRiskRule
-    dormant: DormantRule
-    vip: VipRule
-
-
-class ModelSettings(_Strict):
-    min_repeat_buyers: int = Field(ge=1)
-    fit_sample: int = Field(ge=100)
-
-
-class EngagementRule(_Strict):
-    high_click_days: float = Field(gt=0)
-    medium_days: float = Field(gt=0)
-
-
-class LifecycleConfig(_Strict):
-    stages: StageThresholds
-    markets: dict[str, StageThresholds] = Field(default_factory=dict)  # defaults merged with overrides
-    overrides: dict[str, dict] = Field(default_factory=dict)  # as written, for the documentation
-    model: ModelSettings
-    engagement: EngagementRule
-    rfm_segments: dict[int, tuple[str, str, str, str, str]]
-
-    @field_validator("rfm_segments")
-    @classmethod
-    def _grid(cls, value: dict[int, tuple[str, ...]]) -> dict[int, tuple[str, ...]]:
-        if sorted(value) != [1, 2, 3, 4, 5]:
-            raise ValueError(f"needs exactly the R scores 1..5 as keys, got {sorted(value)}")
-        return value
-
-    def for_market(self, code: str) -> StageThresholds:
-        return self.markets.get(code, self.stages)
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
-def _problems(exc: ValidationError, prefix: str) -> list[str]:
-    return [f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-
-
-def parse_lifecycle_config(raw: object, source: str = "<lifecycle>") -> LifecycleConfig:
-    """Validate an already-parsed YAML document; errors name the field (``markets.JP.vip...``)."""
-    if not isinstance(raw, dict):
-        raise LifecycleConfigError(f"{source}: expected a mapping with stages, model, engagement, rfm_segments")
-    problems: list[str] = []
-    overrides = raw.get("markets") or {}
-    if not isinstance(overrides, dict):
-        raise LifecycleConfigError(f"{source} is invalid:\n  markets: expected a mapping of market code to overrides")
-    stages = raw.get("stages")
-    merged: dict[str, StageThresholds] = {}
-    for code, body in overrides.items():
-        if not isinstance(code, str) or len(code) != 2 or not code.isupper():
-            problems.append(f"markets.{code}: market codes are two upper-case letters")
-            continue
-        if not isinstance(body, dict):
-            problems.append(f"markets.{code}: expected a mapping of stage thresholds")
-            continue
-        if isinstance(stages, dict):
-            try:
-                merged[code] = StageThresholds(**_merge(stages, body))
-            except ValidationError as exc:
-                problems += _problems(exc, f"markets.{code}.")
-            except TypeError as exc:
-                problems.append(f"markets.{code}: {exc}")
-    try:
-        config = LifecycleConfig(
-            **{key: value for key, value in raw.items() if key != "markets"}, markets=merged, overrides=overrides
-        )
-    except ValidationError as exc:
-        problems = _problems(exc, "") + problems
-        config = None
-    if problems:
-        raise LifecycleConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
-    return config
-
-
-def lifecycle_file() -> Path:
-    return settings.lifecycle_file()
-
-
-def _days(value: float) -> str:
-    return f"{value:g} day" + ("" if value == 1 else "s")
-
-
-def _pct(q: float) -> str:
-    return f"{q * 100:g}th percentile"
-
-
-def describe_config(config: LifecycleConfig) -> str:
-    """The stage, RFM and engagement rules with this config's thresholds, as a markdown section."""
-    s = config.stages
-    risk = s.at_risk
-    lines = [
-        "### Lifecycle stages",
-        "",
-        "Each customer has exactly one stage per run: the first rule below that matches. Only valid orders count "
-        "(cancelled and refunded orders never do, nor orders after the run's as-of instant).",
-        "",
-        "| stage | rule |",
-        "| --- | --- |",
-        "| prospect | registered, no valid order |",
-        f"| new | first valid order at most {_days(s.new_days)} ago |",
-        f"| dormant | purchase model P(alive) below {s.dormant.p_alive_below:g}, or last order more than "
-        f"{_days(s.dormant.recency_days)} ago |",
-        "| at_risk | last order longer ago than the market's repurchase interval: the "
-        f"{_pct(risk.interval_quantile)} of the market's gaps between a customer's purchase days × "
-        f"{risk.interval_factor:g}, kept within {risk.min_interval_days:g}–{risk.max_interval_days:g} days "
-        f"(fewer than {risk.min_gaps} gaps: all markets' gaps; fewer overall: {_days(risk.default_interval_days)}) |",
-        f"| vip | at least {s.vip.min_orders} valid orders and monetary at or above the "
-        f"{_pct(s.vip.monetary_quantile)} of the market's buyers |",
-        "| active | every other buyer |",
-        "",
-    ]
-    if config.overrides:
-        lines.append("Per-market overrides:")
-        lines.append("")
-
-        def flatten(prefix: str, value) -> list[str]:
-            if isinstance(value, dict):
-                return [item for k, v in value.items() for item in flatten(f"{prefix}.{k}" if prefix else k, v)]
-            return [f"`{prefix}` = {value}"]
-
-        for code, body in sorted(config.overrides.items()):
-            lines.append(f"- {code}: " + ", ".join(flatten("", body)))
-        lines.append("")
-    lines += [
-        "### RFM",
-        "",
-        "Recency, frequency (valid orders) and monetary (their totals in the market currency) are scored 1–5 "
-        "within each market, `1 + floor(5 × (average rank − ½) / buyers)` (most recent ranks highest; ties share "
-        "a score), so markets in different currencies are comparable. The segment is looked up by R and "
-        "FM = ⌈(F + M) / 2⌉:",
-        "",
-        "| R \\ FM | 1 | 2 | 3 | 4 | 5 |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in (5, 4, 3, 2, 1):
-        lines.append(f"| {r} | " + " | ".join(config.rfm_segments[r]) + " |")
-    e = config.engagement
-    lines += [
-        "",
-        "### Predictions and tags",
-        "",
-        f"P(alive) and expected purchase days in the next {HORIZON_DAYS} days come from a BG/NBD model fitted per "
-        f"market by maximum likelihood (a market with fewer than {config.model.min_repeat_buyers} repeat buyers uses "
-        "the fit of all markets pooled; the reason is recorded). Engagement level: high = a click within "
-        f"{_days(e.high_click_days)}, medium = an open or click within {_days(e.medium_days)}, low = older "
-        "activity only, none = no recorded open or click; empty until the email feedback loop provides engagement.",
-    ]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,9 +218,9 @@ class _Customers:
 
 
 def _read_customers(customers: pd.DataFrame, markets: MarketConfig) -> _Customers:
-    _require_columns(customers, "customers", ["customer_id", "market"])
-    ids = _int_keys(customers, "customers", "customer_id")
-    _unique_or_fail(ids, "customers", "customer_id")
+    require_columns(customers, "customers", ["customer_id", "market"])
+    ids = int_keys(customers, "customers", "customer_id")
+    unique_or_fail(ids, "customers", "customer_id")
     rows = np.argsort(ids, kind="stable")
     ids = ids[rows]
     codes = list(markets.codes)
@@ -419,7 +229,7 @@ def _read_customers(customers: pd.DataFrame, markets: MarketConfig) -> _Customer
         bad = ids[market < 0]
         raise ProfileInputError(
             f"customers.market is missing or not a configured market ({', '.join(codes)}) for {len(bad)} "
-            f"customer(s); customer_id: {_examples(bad)}"
+            f"customer(s); customer_id: {examples(bad)}"
         )
     return _Customers(ids, rows, market, codes, [markets[c].currency for c in codes])
 
@@ -437,21 +247,21 @@ class _Orders:
 
 def _read_orders(orders: pd.DataFrame, cust: _Customers, as_of_us: int) -> _Orders:
     columns = ["order_id", "customer_id", "status", "currency", "total_amount", "discount_amount", "placed_at"]
-    _require_columns(orders, "orders", columns)
-    ids = _int_keys(orders, "orders", "order_id")
-    _unique_or_fail(ids, "orders", "order_id")
-    customer = _locate(cust.ids, _int_keys(orders, "orders", "customer_id", "order_id"))
+    require_columns(orders, "orders", columns)
+    ids = int_keys(orders, "orders", "order_id")
+    unique_or_fail(ids, "orders", "order_id")
+    customer = locate(cust.ids, int_keys(orders, "orders", "customer_id", "order_id"))
     if (customer < 0).any():
-        raise ProfileInputError(f"orders reference unknown customers; order_id: {_examples(ids[customer < 0])}")
+        raise ProfileInputError(f"orders reference unknown customers; order_id: {examples(ids[customer < 0])}")
     status_codes = _codes(orders["status"], ORDER_STATUSES)
     if (status_codes < 0).any():
         raise ProfileInputError(
             f"orders.status is missing or not one of {', '.join(ORDER_STATUSES)}; order_id: "
-            f"{_examples(ids[status_codes < 0])}"
+            f"{examples(ids[status_codes < 0])}"
         )
-    placed = _utc_micros(orders, "orders", "placed_at", "order_id")
+    placed = utc_micros(orders, "orders", "placed_at", "order_id")
     if (placed == _NAT).any():
-        raise ProfileInputError(f"orders.placed_at is null; order_id: {_examples(ids[placed == _NAT])}")
+        raise ProfileInputError(f"orders.placed_at is null; order_id: {examples(ids[placed == _NAT])}")
     excluded_status = np.isin(status_codes, [ORDER_STATUSES.index(s) for s in EXCLUDED_STATUSES])
     future = ~excluded_status & (placed > as_of_us)
     valid = ~excluded_status & ~future
@@ -461,13 +271,13 @@ def _read_orders(orders: pd.DataFrame, cust: _Customers, as_of_us: int) -> _Orde
     total = orders["total_amount"].to_numpy(dtype=np.float64, na_value=np.nan)
     bad_total = valid & ~(np.isfinite(total) & (total >= 0))
     if bad_total.any():
-        raise ProfileInputError(f"orders.total_amount is null, negative or not finite; order_id: {_examples(ids[bad_total])}")  # fmt: skip
+        raise ProfileInputError(f"orders.total_amount is null, negative or not finite; order_id: {examples(ids[bad_total])}")  # fmt: skip
     currencies = sorted(set(cust.currency))
     market_currency = np.array([currencies.index(c) for c in cust.currency])
     wrong = valid & (_codes(orders["currency"], currencies) != market_currency[cust.market[customer]])
     if wrong.any():
         raise ProfileInputError(
-            f"orders.currency differs from the currency of the customer's market; order_id: {_examples(ids[wrong])}"
+            f"orders.currency differs from the currency of the customer's market; order_id: {examples(ids[wrong])}"
         )
     discounted = _numbers(orders, "discount_amount", missing=0.0) > 0
     if "coupon_code" in orders.columns:
@@ -492,18 +302,18 @@ def _category_spend(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per order line: customer position, category code (len(names) when uncategorised) and spend
     (quantity x unit price - line discount; 0 for lines of excluded orders); and the sorted category names."""
-    _require_columns(order_items, "order_items", ["order_item_id", "order_id", "product_id", "quantity", "unit_price"])
-    _require_columns(products, "products", ["product_id", "category"])
+    require_columns(order_items, "order_items", ["order_item_id", "order_id", "product_id", "quantity", "unit_price"])
+    require_columns(products, "products", ["product_id", "category"])
     item_ids = order_items["order_item_id"].to_numpy()
-    order_pos = _locate(orders.ids, _int_keys(order_items, "order_items", "order_id", "order_item_id"))
+    order_pos = locate(orders.ids, int_keys(order_items, "order_items", "order_id", "order_item_id"))
     if (order_pos < 0).any():
-        raise ProfileInputError(f"order_items reference unknown orders; order_item_id: {_examples(item_ids[order_pos < 0])}")  # fmt: skip
-    product_ids = _int_keys(products, "products", "product_id")
-    _unique_or_fail(product_ids, "products", "product_id")
-    product_pos = _locate(product_ids, _int_keys(order_items, "order_items", "product_id", "order_item_id"))
+        raise ProfileInputError(f"order_items reference unknown orders; order_item_id: {examples(item_ids[order_pos < 0])}")  # fmt: skip
+    product_ids = int_keys(products, "products", "product_id")
+    unique_or_fail(product_ids, "products", "product_id")
+    product_pos = locate(product_ids, int_keys(order_items, "order_items", "product_id", "order_item_id"))
     if (product_pos < 0).any():
         raise ProfileInputError(
-            f"order_items reference unknown products; order_item_id: {_examples(item_ids[product_pos < 0])}"
+            f"order_items reference unknown products; order_item_id: {examples(item_ids[product_pos < 0])}"
         )
     counted = orders.valid[order_pos]
     spend = _numbers(order_items, "quantity") * _numbers(order_items, "unit_price")
@@ -512,7 +322,7 @@ def _category_spend(
     bad = counted & ~np.isfinite(spend)
     if bad.any():
         raise ProfileInputError(
-            f"order_items.quantity or unit_price is null or not finite; order_item_id: {_examples(item_ids[bad])}"
+            f"order_items.quantity or unit_price is null or not finite; order_item_id: {examples(item_ids[bad])}"
         )
     spend = np.where(counted, spend, 0.0)
     category_codes, names = pd.factorize(products["category"], sort=True)
@@ -678,13 +488,13 @@ def _engagement(engagement: pd.DataFrame | None, cust: _Customers, as_of_us: int
     last_click = np.full(n, _NAT, dtype=np.int64)
     if engagement is None:
         return None, last_open, last_click, 0
-    _require_columns(engagement, "engagement", ["customer_id", "last_open_at", "last_click_at"])
-    ids = _int_keys(engagement, "engagement", "customer_id")
-    _unique_or_fail(ids, "engagement", "customer_id")
-    pos = _locate(cust.ids, ids)
+    require_columns(engagement, "engagement", ["customer_id", "last_open_at", "last_click_at"])
+    ids = int_keys(engagement, "engagement", "customer_id")
+    unique_or_fail(ids, "engagement", "customer_id")
+    pos = locate(cust.ids, ids)
     known = pos >= 0
-    last_open[pos[known]] = _utc_micros(engagement, "engagement", "last_open_at", "customer_id")[known]
-    last_click[pos[known]] = _utc_micros(engagement, "engagement", "last_click_at", "customer_id")[known]
+    last_open[pos[known]] = utc_micros(engagement, "engagement", "last_open_at", "customer_id")[known]
+    last_click[pos[known]] = utc_micros(engagement, "engagement", "last_click_at", "customer_id")[known]
     rule = config.engagement
     has_open, has_click = last_open != _NAT, last_click != _NAT
     click_age = np.where(has_click, (as_of_us - last_click) / DAY_US, np.inf)
@@ -850,13 +660,13 @@ def compute_profiles(
 
 
 def _stage_frame(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
-    _require_columns(frame, name, ["customer_id", "market", "stage"])
-    ids = _int_keys(frame, name, "customer_id")
-    _unique_or_fail(ids, name, "customer_id")
+    require_columns(frame, name, ["customer_id", "market", "stage"])
+    ids = int_keys(frame, name, "customer_id")
+    unique_or_fail(ids, name, "customer_id")
     stage = frame["stage"].to_numpy(dtype=object)
     bad = ~pd.Series(stage).isin(STAGES).to_numpy()
     if bad.any():
-        raise ProfileInputError(f"{name}.stage is not one of {', '.join(STAGES)}; customer_id: {_examples(ids[bad])}")
+        raise ProfileInputError(f"{name}.stage is not one of {', '.join(STAGES)}; customer_id: {examples(ids[bad])}")
     return ids, stage
 
 
@@ -875,7 +685,7 @@ def stage_transitions(previous: pd.DataFrame | None, current: pd.DataFrame, *, a
     if previous is None or len(previous) == 0:
         return empty
     prev_ids, prev_stage = _stage_frame(previous, "previous")
-    pos = _locate(prev_ids, ids)
+    pos = locate(prev_ids, ids)
     before = np.where(pos >= 0, prev_stage[np.maximum(pos, 0)], None)
     changed = (pos < 0) | (before != stage)
     if not changed.any():
@@ -889,13 +699,3 @@ def stage_transitions(previous: pd.DataFrame | None, current: pd.DataFrame, *, a
             "changed_on": np.full(int(changed.sum()), changed_on, dtype=object),
         }
     ).reset_index(drop=True)
-
-
-def load_lifecycle_config(path: str | Path | None = None) -> LifecycleConfig:
-    """Load and validate include/lifecycle.yaml (or ``path``, or $REMARKETING_LIFECYCLE_FILE); cached until the file changes."""
-    return settings.load_config(
-        path or lifecycle_file(),
-        what="lifecycle configuration",
-        parse=parse_lifecycle_config,
-        error=LifecycleConfigError,
-    )

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from remarketing.platform.state import dialect_insert
-from remarketing.profiles.lifecycle import PROFILE_COLUMNS, STAGES, TRANSITION_COLUMNS, ProfileResult
+from remarketing.profiles.config import STAGES
+from remarketing.profiles.lifecycle import PROFILE_COLUMNS, TRANSITION_COLUMNS, ProfileResult
 
 profiles_metadata = sa.MetaData()
 customer_profiles = sa.Table(

@@ -44,7 +44,8 @@ def build_profiles(validated: dict, *, run_id: str, as_of: datetime) -> dict[str
     from remarketing.markets import load_markets
     from remarketing.platform.connections import remarketing_engine
     from remarketing.platform.storage import read_clean, run_folder
-    from remarketing.profiles.lifecycle import compute_profiles, load_lifecycle_config, stage_transitions
+    from remarketing.profiles.config import load_lifecycle_config
+    from remarketing.profiles.lifecycle import compute_profiles, stage_transitions
     from remarketing.profiles.store import load_profiles, write_profiles
 
     # A plain UTC datetime: Airflow hands pendulum DateTimes, which numpy/pandas arithmetic rejects.
