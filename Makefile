@@ -30,18 +30,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# The clock tests at a spread of instants first (tests/clock.py), then the whole suite; both always
+# The clock tests at a spread of instants first (tests/support/clock.py), then the whole suite; both always
 # run, and either failing fails the target.
 test: lint
 	@bash scripts/ensure-browser.sh
-	@$(BIN)/python tests/clock_spread.py; spread=$$?; \
+	@$(BIN)/python tests/support/clock_spread.py; spread=$$?; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS); suite=$$?; \
 	if [ $$spread -ne 0 ]; then echo "the clock spread failed (see above)"; fi; \
 	exit $$(( spread || suite ))
 
 # Only the clock tests, once per instant of the spread.
 test-clock: $(STAMP)
-	$(BIN)/python tests/clock_spread.py
+	$(BIN)/python tests/support/clock_spread.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --size $(SIZE)

@@ -25,7 +25,7 @@ from remarketing.delivery.ledger import ClaimContext, record_send_run
 from remarketing.markets import load_markets
 from remarketing.platform import state
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # databases
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # databases
 DAYS = 7
 FLOWS = ("cart_recovery", "welcome_series", "market_campaign")
 RUNS_PER_DAY = 4

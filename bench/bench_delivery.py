@@ -1,6 +1,6 @@
 """Benchmark: emails per second through SendGridTransport against the local SendGrid server.
 
-The server (tests/fake_sendgrid.py, a real HTTP server) runs in its own process on loopback, as
+The server (tests/support/fake_sendgrid.py, a real HTTP server) runs in its own process on loopback, as
 SendGrid would be another machine; messages are built before the clock starts (render excluded).
 Every run is checked at the server: each ledger key accepted exactly once, or the bench fails.
 
@@ -62,11 +62,11 @@ TEXT = "Hello -first_name-\n" + "Your cart is waiting for you.\n" * 40
 
 
 class FakeServer:
-    """tests/fake_sendgrid.py in a child process; ``count()`` checks and clears what it accepted."""
+    """tests/support/fake_sendgrid.py in a child process; ``count()`` checks and clears what it accepted."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(REPO / "tests")],
+            [sys.executable, "-c", SERVER, str(REPO / "tests" / "support")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -23,7 +23,7 @@ from remarketing.store import snapshots
 from remarketing.store.schema import CANONICAL_TABLES
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 
 def _dbapi_connect(url: str):

@@ -32,7 +32,7 @@ from remarketing.delivery.sendgrid_transport import SendGridTransport
 from remarketing.platform import state
 
 MAX_SIZE = 20_000
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # market_fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # market_fixtures
 SECRET = b"bench-link-secret-0123456789"
 
 

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))  # tests/databases.py and friends
+sys.path.insert(0, str(TESTS / "support"))  # tests/support: databases.py, fake_sendgrid.py and friends
 
 _HOME = Path(tempfile.mkdtemp(prefix="rmk-airflow-home-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
@@ -34,7 +34,7 @@ _IN_CI = os.environ.get("CI", "").lower() == "true"
 def pytest_report_header(config):
     from clock import INSTANT
 
-    return f"clock tests run at {INSTANT.isoformat()} (tests/clock.py)"
+    return f"clock tests run at {INSTANT.isoformat()} (tests/support/clock.py)"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def instant():
-    """When a clock test happens (tests/clock.py): its shop's clock and its runs' ``as_of``."""
+    """When a clock test happens (tests/support/clock.py): its shop's clock and its runs' ``as_of``."""
     from clock import INSTANT
 
     return INSTANT

@@ -13,7 +13,7 @@ time zones nulled), ``quarantine/<table>.parquet`` (the rows as read, plus ``row
 ``reason``, ``expectation``, ``column``) and ``report.html``. The rules and suites live in
 remarketing.store.validation.rules, the report in remarketing.store.validation.report.
 
-Decisions the corpus (tests/bad_input) pins down:
+Decisions the corpus (tests/support/bad_input) pins down:
 - naive timestamps are quarantined, never assumed UTC; aware ones in any zone are converted;
 - an invalid customer ``time_zone`` is nulled with a note (send windows fall back to region,
   country or market zone); the row is kept;

@@ -14,7 +14,7 @@ from demo_shop.generator import generate_store, write_store
 from remarketing.store.schema import CANONICAL_TABLES, metadata
 
 pytestmark = pytest.mark.airflow_run
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AS_OF = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 

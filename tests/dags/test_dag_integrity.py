@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 # Modules a DAG file must not import at top level: the scheduler parses DAG files constantly.
 HEAVY_MODULES = ("pandas", "numpy", "pyarrow", "great_expectations", "scipy", "sendgrid", "holidays", "babel")

@@ -1,7 +1,7 @@
 """cart_recovery end to end through real Airflow (dag.test, metadata in PostgreSQL).
 
 The store is a generated demo shop. Runs through the outbox transport (SQLite store) happen at
-the test ``instant`` (tests/clock.py): the shop is generated as of it and every run gets it as
+the test ``instant`` (tests/support/clock.py): the shop is generated as of it and every run gets it as
 ``as_of``. The SendGrid transport refuses a rehearsal instant, so its run (PostgreSQL store, the
 local SendGrid server) uses a shop generated as of the wall clock's hour and every hour open.
 """
@@ -30,7 +30,7 @@ from remarketing.flows.cart_recovery.config import load_flows
 from remarketing.markets import load_markets
 
 pytestmark = pytest.mark.airflow_run
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-link-secret-0123456789"
 XSS = "<script>alert('cart')</script>"
 

@@ -34,7 +34,7 @@ from remarketing.platform.state import create_state_engine, upgrade
 from remarketing.timing.send_windows import resolve_time_zones
 
 pytestmark = pytest.mark.airflow_run
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-link-secret-0123456789"
 
 

@@ -5,7 +5,7 @@ relative to now, hour-of-day send windows, a day boundary) is a *clock* test: it
 ``instant`` fixture (or, at module level, ``INSTANT``), generates its shop as of that instant and
 passes it (or a fixed time after it) to every flow run as ``as_of``, the outbox transport's
 rehearsal instant, so the wall clock never decides what it sees. ``INSTANT`` is ``PINNED`` unless
-``$REMARKETING_TEST_INSTANT`` names another; ``tests/clock_spread.py`` (``make test-clock``, and
+``$REMARKETING_TEST_INSTANT`` names another; ``tests/support/clock_spread.py`` (``make test-clock``, and
 ``make test`` under CI) runs every clock test once per instant of ``SPREAD``: every 3 hours across
 one day, the European and the US daylight-saving switches in both directions, and a Monday 00:30
 UTC. One instant is reproduced with

@@ -1,4 +1,4 @@
-"""The bad-input corpus (tests/bad_input): every case gets exactly the outcome it states.
+"""The bad-input corpus (tests/support/bad_input): every case gets exactly the outcome it states.
 
 Row cases are validated together in one run (each appends its own fresh rows, see cases.py) and
 judged one by one; the run must quarantine exactly the rows the cases name plus their children,

@@ -31,9 +31,9 @@ from remarketing.profiles.lifecycle import compute_profiles
 from remarketing.profiles.store import write_profiles
 
 pytestmark = [pytest.mark.airflow_run, pytest.mark.clock]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-link-secret-0123456789"
-NOW = INSTANT  # the shop's clock; every run is a rehearsal at a working day after it (tests/clock.py)
+NOW = INSTANT  # the shop's clock; every run is a rehearsal at a working day after it (tests/support/clock.py)
 
 CONTENT = {
     "headline": {

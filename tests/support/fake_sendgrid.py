@@ -1412,7 +1412,7 @@ print(time.perf_counter() - started)
 
 
 def _load_check(connections: int = 4, per_connection: int = 2000) -> None:
-    """Throughput with keep-alive clients in another process: ``python tests/fake_sendgrid.py [conns] [per conn]``."""
+    """Throughput with keep-alive clients in another process: ``python tests/support/fake_sendgrid.py [conns] [per conn]``."""
     import os
 
     with FakeSendGrid() as server:

@@ -30,7 +30,7 @@ from remarketing.flows.feedback.webhook import (
     verify_signature,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "plugins"))
 import sendgrid_webhook  # noqa: E402 - the plugin module, from Airflow's plugins folder
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

@@ -22,9 +22,9 @@ from demo_shop.generator import generate_store, write_store
 from remarketing.markets import load_markets
 
 pytestmark = [pytest.mark.airflow_run, pytest.mark.clock]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-link-secret-0123456789"
-NOW = INSTANT  # the shop's clock; every run is a rehearsal at a working day after it (tests/clock.py)
+NOW = INSTANT  # the shop's clock; every run is a rehearsal at a working day after it (tests/support/clock.py)
 MARKETS = ("US", "DE", "JP")
 
 

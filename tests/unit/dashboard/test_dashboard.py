@@ -1,7 +1,7 @@
 """The Remarketing page's numbers (remarketing.dashboard.queries), its HTML and its app, without a browser.
 
-The seeded day (tests/dashboard_seed.py) is written through the project's own writers into
-SQLite and PostgreSQL; tests/test_remarketing_page.py shows the same page inside Airflow's UI.
+The seeded day (tests/support/dashboard_seed.py) is written through the project's own writers into
+SQLite and PostgreSQL; tests/system/test_remarketing_page.py shows the same page inside Airflow's UI.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from remarketing.platform import state
 
 DAY = date(2026, 11, 20)
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from databases import fresh_postgres_database  # tests/ is on sys.path: conftest, or this file run as a script
-from fake_sendgrid import FakeSendGrid
-from market_fixtures import TEST_SENDER, synthetic_market
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # conftest does it too; the child runs alone
+from databases import fresh_postgres_database  # noqa: E402
+from fake_sendgrid import FakeSendGrid  # noqa: E402
+from market_fixtures import TEST_SENDER, synthetic_market  # noqa: E402
 
 from remarketing.delivery import ledger
 from remarketing.delivery.messages import Message, Recipient

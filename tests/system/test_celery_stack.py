@@ -25,7 +25,7 @@ from demo_shop.generator import generate_store, write_store
 from remarketing.markets import load_markets
 
 pytestmark = [pytest.mark.airflow_run, pytest.mark.postgres]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 SECRET = "test-link-secret-0123456789"
 RUN_TIMEOUT = 240  # seconds for both runs together

@@ -14,7 +14,7 @@ from demo_shop.generator import generate_store, write_store
 from remarketing.profiles.config import STAGES, describe_config, load_lifecycle_config
 
 pytestmark = pytest.mark.airflow_run
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AS_OF = datetime(2026, 11, 22, tzinfo=UTC)
 
 
@@ -100,7 +100,7 @@ def test_a_run_without_a_logical_date_computes_as_of_its_run_after(
 ):
     """An Asset-triggered run (the schedule: each fresh store snapshot) has no logical date and no
     data interval in Airflow 3; its run_after, fixed for the run, is the as-of instant.
-    tests/test_asset_chain.py runs the real one the scheduler creates."""
+    tests/dags/test_asset_chain.py runs the real one the scheduler creates."""
     frames = generate_store(customers=300, seed=9, as_of=AS_OF)
     store = tmp_path / "store.db"
     write_store(frames, f"sqlite:///{store}")

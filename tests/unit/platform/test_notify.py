@@ -17,7 +17,7 @@ import pytest
 
 from remarketing.platform import notify
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 WEBHOOK_TOKEN = "T000/B000/secret"
 
 

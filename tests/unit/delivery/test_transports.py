@@ -1,5 +1,5 @@
 """SendGridTransport, SendGridApi and the HTTP layer, against the local SendGrid server (a real
-HTTP server on loopback, tests/fake_sendgrid.py) and, for framing edge cases, a raw socket peer."""
+HTTP server on loopback, tests/support/fake_sendgrid.py) and, for framing edge cases, a raw socket peer."""
 
 from __future__ import annotations
 

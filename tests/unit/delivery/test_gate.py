@@ -1,6 +1,6 @@
 """Deliverability before sending: the market gate, SendGrid's suppressions and stats, caps and consent.
 
-SendGrid's side is the local fake server (tests/fake_sendgrid.py) spoken to by the real
+SendGrid's side is the local fake server (tests/support/fake_sendgrid.py) spoken to by the real
 SendGridApi client; the remarketing DB is SQLite, and PostgreSQL where SQL differs (upserts).
 """
 

@@ -26,7 +26,7 @@ from demo_shop.generator import generate_store, write_store
 from remarketing.platform.assets import CUSTOMER_PROFILES, STORE_SNAPSHOT
 
 pytestmark = pytest.mark.airflow_run
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHAIN = ("store_snapshot", "lifecycle_segments", "market_campaign")
 
 

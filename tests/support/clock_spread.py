@@ -1,11 +1,11 @@
-"""Run every clock test (``pytest -m clock``) once per instant of tests/clock.py's SPREAD.
+"""Run every clock test (``pytest -m clock``) once per instant of tests/support/clock.py's SPREAD.
 
 Each instant gets its own pytest process with ``REMARKETING_TEST_INSTANT`` set, so the shop's
 clock, the flows' ``as_of`` and module-level instants all move together, and nothing a run leaves
 in a process (parsed DAGs, a plugin's app) carries over to the next instant. Two processes at a
 time. Prints one line per instant and exits non-zero if any instant failed, with that run's tail.
 
-    .venv/bin/python tests/clock_spread.py [--jobs 2] [--only eu-dst-spring,mon-00h30] [-- pytest args]
+    .venv/bin/python tests/support/clock_spread.py [--jobs 2] [--only eu-dst-spring,mon-00h30] [-- pytest args]
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
+SUPPORT = Path(__file__).resolve().parent
+REPO = SUPPORT.parents[1]
+sys.path.insert(0, str(SUPPORT))
 
 from clock import ENV, SPREAD  # noqa: E402 - tests/ is not a package
 
@@ -34,7 +35,7 @@ def run_one(name: str, instant: str, logs: Path, extra: list[str]) -> tuple[str,
     with log.open("w") as out:
         code = subprocess.call(
             [sys.executable, "-m", "pytest", "-m", "clock", "-q", "-p", "no:cacheprovider", *extra],
-            cwd=TESTS.parent,
+            cwd=REPO,
             env={**os.environ, ENV: instant},
             stdout=out,
             stderr=subprocess.STDOUT,

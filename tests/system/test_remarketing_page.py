@@ -2,7 +2,7 @@
 
 A real api-server (scripts/celery_stack.py with only that service: PostgreSQL metadata, the
 project's plugins folder, the simple auth manager) serves Airflow's UI and the page; the
-remarketing DB is a PostgreSQL database holding a seeded day (tests/dashboard_seed.py, written
+remarketing DB is a PostgreSQL database holding a seeded day (tests/support/dashboard_seed.py, written
 through the project's own writers). Playwright drives Debian's Chromium (/usr/bin/chromium, or
 REMARKETING_CHROMIUM): it logs in through Airflow's login form, opens *Remarketing* from the nav
 bar, and reads every market's numbers in the framed page against what was written. Screenshots
@@ -24,7 +24,7 @@ import pytest
 import requests
 
 pytestmark = [pytest.mark.airflow_run, pytest.mark.postgres, pytest.mark.browser]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 ARTIFACTS = Path(os.environ.get("REMARKETING_TEST_ARTIFACTS") or REPO / "test-artifacts")
 IN_CI = os.environ.get("CI", "").lower() == "true"
