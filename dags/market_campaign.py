@@ -76,7 +76,7 @@ def market_campaign():
         from airflow.sdk.exceptions import AirflowFailException
 
         from remarketing.delivery.tasks import DeliverySetupError
-        from remarketing.flows.campaigns.audience import CampaignError
+        from remarketing.flows.campaigns.model import CampaignError
         from remarketing.flows.campaigns.tasks import plan_campaigns
 
         try:
@@ -90,7 +90,7 @@ def market_campaign():
         from airflow.sdk.exceptions import AirflowFailException
 
         from remarketing.delivery.tasks import DeliverySetupError
-        from remarketing.flows.campaigns.audience import CampaignError
+        from remarketing.flows.campaigns.model import CampaignError
         from remarketing.flows.campaigns.tasks import send_campaign_market
 
         try:

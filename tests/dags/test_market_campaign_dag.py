@@ -23,7 +23,8 @@ from clock import INSTANT
 from conftest import sqlite_conn_env
 
 from demo_shop.generator import generate_store, write_store
-from remarketing.flows.campaigns.audience import FLOW, REASON_EXHAUSTED, load_members
+from remarketing.flows.campaigns.model import FLOW, REASON_EXHAUSTED
+from remarketing.flows.campaigns.store import load_members
 from remarketing.markets import load_markets
 from remarketing.platform.state import create_state_engine, upgrade
 from remarketing.profiles.config import load_lifecycle_config
@@ -368,7 +369,7 @@ def test_a_calendar_date_seen_by_two_runs_is_one_round(shop, run_data, dag, tmp_
     Without this rule the frequency cap would still stop most second mails ("capped"); the
     outcome here must be the rotation's own "already_sent" for this date.
     """
-    from remarketing.flows.campaigns.audience import REASON_THIS_DATE
+    from remarketing.flows.campaigns.model import REASON_THIS_DATE
 
     day_before = working_instant(13, ("DE",))
     send_day = working_instant(13, ("DE",), after=day_before.date())

@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from remarketing.flows.campaigns import audience as c
+from remarketing.flows.campaigns import audience as campaigns_audience
+from remarketing.flows.campaigns import calendar as campaigns_calendar
+from remarketing.flows.campaigns import model as campaigns_model
+from remarketing.flows.campaigns import store as campaigns_store
 from remarketing.flows.campaigns.mail import check_localized
 from remarketing.markets import load_markets
 from remarketing.platform.state import create_state_engine, upgrade
@@ -24,9 +27,9 @@ TEXTS = {
 }
 
 
-def campaign(**overrides) -> c.Campaign:
+def campaign(**overrides) -> campaigns_model.Campaign:
     raw = {"campaign_id": "autumn-test", "markets": ("DE", "FR"), "stages": ("vip",), "content": TEXTS}
-    return c.parse_campaign({**raw, **overrides})
+    return campaigns_model.parse_campaign({**raw, **overrides})
 
 
 def profiles(n: int = 40) -> pd.DataFrame:
@@ -63,11 +66,11 @@ def customers(ids) -> pd.DataFrame:
 def test_the_stage_list_and_patterns_match_the_dag_params():
     from remarketing.flows.campaigns import params
 
-    assert c.STAGES == STAGES
+    assert campaigns_model.STAGES == STAGES
     assert tuple(params.STAGES) == STAGES
     form = {name: param.schema for name, param in params.campaign_params().items()}
-    assert form["campaign_id"]["pattern"] == c.CAMPAIGN_ID_PATTERN
-    assert form["variants"]["items"]["properties"]["id"]["pattern"] == c.VARIANT_ID_PATTERN
+    assert form["campaign_id"]["pattern"] == campaigns_model.CAMPAIGN_ID_PATTERN
+    assert form["variants"]["items"]["properties"]["id"]["pattern"] == campaigns_model.VARIANT_ID_PATTERN
     assert form["stages"]["items"]["enum"] == list(STAGES)
     assert "Champions" in form["rfm_segments"]["items"]["enum"]
 
@@ -84,7 +87,7 @@ def test_the_stage_list_and_patterns_match_the_dag_params():
     ],
 )
 def test_bad_campaigns_are_refused_naming_the_field(overrides, named):
-    with pytest.raises(c.CampaignError, match=named):
+    with pytest.raises(campaigns_model.CampaignError, match=named):
         campaign(**overrides)
 
 
@@ -92,48 +95,48 @@ def test_localization_is_checked_in_each_markets_main_language():
     markets = load_markets()
     assert check_localized(campaign(), markets) == []
     only_english = {**TEXTS, "subject": {"en": "Subject"}}
-    with pytest.raises(c.CampaignError, match=r"variant v1: subject has no text in 'de' \(market DE"):
+    with pytest.raises(campaigns_model.CampaignError, match=r"variant v1: subject has no text in 'de' \(market DE"):
         check_localized(campaign(content=only_english), markets)
-    with pytest.raises(c.CampaignError, match="cta_url"):
+    with pytest.raises(campaigns_model.CampaignError, match="cta_url"):
         check_localized(campaign(content={**TEXTS, "cta_url": "ftp://x"}), markets)
 
 
 def test_holdout_is_deterministic_independent_of_the_ab_split_and_within_tolerance():
     ids = np.arange(1, 5001)
-    held = c.holdout_mask("autumn-test", ids, 0.1)
+    held = campaigns_audience.holdout_mask("autumn-test", ids, 0.1)
     assert abs(held.mean() - 0.1) < 0.015  # binomial sd 0.004 at n=5000
-    assert (c.holdout_mask("autumn-test", ids, 0.1) == held).all(), "same customers every round"
-    assert (c.holdout_mask("autumn-test", ids[::-1], 0.1)[::-1] == held).all(), "order does not matter"
-    other = c.holdout_mask("winter-test", ids, 0.1)
+    assert (campaigns_audience.holdout_mask("autumn-test", ids, 0.1) == held).all(), "same customers every round"
+    assert (campaigns_audience.holdout_mask("autumn-test", ids[::-1], 0.1)[::-1] == held).all(), "order does not matter"
+    other = campaigns_audience.holdout_mask("winter-test", ids, 0.1)
     assert 0.0 < (held & other).mean() < 0.03, "another campaign holds out other customers"
-    arms = c.subject_arms("autumn-test", ids, 0.3)
+    arms = campaigns_audience.subject_arms("autumn-test", ids, 0.3)
     assert abs((arms == "b").mean() - 0.3) < 0.02
     assert abs((arms[held] == "b").mean() - 0.3) < 0.07, "the A/B split does not depend on the holdout"
-    assert set(c.subject_arms("autumn-test", ids, None)) == {"a"}
-    assert not c.holdout_mask("autumn-test", ids, 0.0).any()
+    assert set(campaigns_audience.subject_arms("autumn-test", ids, None)) == {"a"}
+    assert not campaigns_audience.holdout_mask("autumn-test", ids, 0.0).any()
 
 
 def test_targeting_by_stage_rfm_and_transition_combines_with_and():
     frame = profiles(200)
-    vip = c.select_targets(frame, campaign())
+    vip = campaigns_audience.select_targets(frame, campaign())
     assert set(vip["stage"]) == {"vip"} and set(vip["market"]) <= {"DE", "FR"}
     assert len(vip) == ((frame["stage"] == "vip") & frame["market"].isin(["DE", "FR"])).sum()
-    both = c.select_targets(frame, campaign(rfm_segments=("Champions",)))
+    both = campaigns_audience.select_targets(frame, campaign(rfm_segments=("Champions",)))
     assert set(both["rfm_segment"]) == {"Champions"} and set(both["stage"]) == {"vip"}
     at_risk = frame[frame["stage"] == "at_risk"]["customer_id"].head(5)
     transitions = pd.DataFrame({"customer_id": at_risk, "to_stage": "at_risk"})
-    became = c.select_targets(frame, campaign(stages=(), became="at_risk"), transitions)
+    became = campaigns_audience.select_targets(frame, campaign(stages=(), became="at_risk"), transitions)
     expected = frame[frame["customer_id"].isin(at_risk) & frame["market"].isin(["DE", "FR"])]
     assert sorted(became["customer_id"]) == sorted(expected["customer_id"])
-    with pytest.raises(c.CampaignError, match="transitions"):
-        c.select_targets(frame, campaign(stages=(), became="at_risk"))
+    with pytest.raises(campaigns_model.CampaignError, match="transitions"):
+        campaigns_audience.select_targets(frame, campaign(stages=(), became="at_risk"))
 
 
 def test_rotation_picks_the_first_unseen_variant_and_none_after_all():
     had = pd.DataFrame({"customer_id": [1, 2, 2, 3, 3, 3], "content_version": ["v1", "v1", "v2", "v1", "v2", "v3"]})
-    picked = c.pick_variants(pd.Series([1, 2, 3, 4]), had, ["v1", "v2", "v3"])
+    picked = campaigns_audience.pick_variants(pd.Series([1, 2, 3, 4]), had, ["v1", "v2", "v3"])
     assert picked.tolist() == ["v2", "v3", None, "v1"]
-    assert c.pick_variants(
+    assert campaigns_audience.pick_variants(
         pd.Series([1]), pd.DataFrame(columns=["customer_id", "content_version"]), ["v1"]
     ).tolist() == ["v1"]
 
@@ -147,7 +150,7 @@ def test_the_audience_has_every_target_once_with_holdout_rotation_and_local_send
         holdout_share=0.2,
         subject_b={"de": "B", "fr": "B", "en": "B"},
     )
-    targets = c.select_targets(frame, camp)
+    targets = campaigns_audience.select_targets(frame, camp)
     de = targets[targets["market"] == "DE"]
     store = customers(de["customer_id"].iloc[1:])  # the first target has no customer row any more
     had = pd.DataFrame(
@@ -155,7 +158,7 @@ def test_the_audience_has_every_target_once_with_holdout_rotation_and_local_send
     )
     had = had[had["customer_id"].isin(de["customer_id"].iloc[:10])]  # ten had both variants
     send_date = date(2026, 11, 25)
-    result = c.campaign_audience(
+    result = campaigns_audience.campaign_audience(
         campaign=camp, market=markets["DE"], targets=targets, customers=store, had=had, send_date=send_date, now=NOW
     )
     audience, skipped = result.audience, result.skipped
@@ -163,7 +166,7 @@ def test_the_audience_has_every_target_once_with_holdout_rotation_and_local_send
     assert not set(audience["customer_id"]) & set(skipped["customer_id"])
     assert skipped.set_index("customer_id").loc[de["customer_id"].iloc[0], "outcome"] == "invalid_address"
     exhausted = skipped[skipped["outcome"] == "already_sent"]
-    assert set(exhausted["reason"]) == {c.REASON_EXHAUSTED}
+    assert set(exhausted["reason"]) == {campaigns_model.REASON_EXHAUSTED}
     assert set(exhausted["customer_id"]) <= set(de["customer_id"].iloc[:10])
     assert set(audience["content_version"]) == {"v1"} and set(audience["step"]) == {"a", "b"}
     assert (audience["subject_id"] == "autumn-test").all() and set(audience["locale"]) == {"de-DE"}
@@ -175,25 +178,25 @@ def test_the_audience_has_every_target_once_with_holdout_rotation_and_local_send
 
 def test_send_horizon_ends_with_the_send_day_and_refuses_past_or_far_dates():
     de = load_markets()["DE"]
-    horizon = c.send_horizon(date(2026, 11, 24), de, NOW)
+    horizon = campaigns_audience.send_horizon(date(2026, 11, 24), de, NOW)
     assert NOW + horizon == pd.Timestamp("2026-11-25 00:00", tz="Europe/Berlin")
-    with pytest.raises(c.CampaignError, match="is over"):
-        c.send_horizon(date(2026, 11, 23), de, NOW)
-    with pytest.raises(c.CampaignError, match="72 h"):
-        c.send_horizon(date(2026, 11, 30), de, NOW)
+    with pytest.raises(campaigns_model.CampaignError, match="is over"):
+        campaigns_audience.send_horizon(date(2026, 11, 23), de, NOW)
+    with pytest.raises(campaigns_model.CampaignError, match="72 h"):
+        campaigns_audience.send_horizon(date(2026, 11, 30), de, NOW)
 
 
 def test_the_calendar_loads_and_local_holidays_decide_the_day():
     markets = load_markets()
-    entries = c.load_calendar(markets=markets)
+    entries = campaigns_calendar.load_calendar(markets=markets)
     ids = {e.campaign.campaign_id for e in entries}
     assert {"us-thanksgiving", "christmas-last-orders"} <= ids
     assert any(e.holiday for e in entries), "at least one local-holiday campaign"
-    due = c.due_campaigns(entries, markets, datetime(2026, 11, 25, 12, tzinfo=UTC))
+    due = campaigns_calendar.due_campaigns(entries, markets, datetime(2026, 11, 25, 12, tzinfo=UTC))
     assert [(d.campaign.campaign_id, d.market, d.send_date) for d in due] == [
         ("us-thanksgiving", "US", date(2026, 11, 26))
     ]
-    christmas = c.due_campaigns(entries, markets, datetime(2026, 12, 22, 8, tzinfo=UTC))
+    christmas = campaigns_calendar.due_campaigns(entries, markets, datetime(2026, 12, 22, 8, tzinfo=UTC))
     assert {(d.market, d.send_date) for d in christmas} == {(m, date(2026, 12, 22)) for m in ("DE", "FR", "GB")}
     for entry in entries:
         check_localized(entry.campaign, markets)
@@ -201,14 +204,14 @@ def test_the_calendar_loads_and_local_holidays_decide_the_day():
 
 def test_a_holiday_campaign_in_a_market_that_blocks_holidays_needs_days_before():
     raw = {"campaigns": [{"holiday": "Christmas Day", "campaign": {**campaign().model_dump(mode="json")}}]}
-    with pytest.raises(c.CampaignError, match="blocks sends on its holidays"):
-        c.parse_calendar(raw, load_markets())
+    with pytest.raises(campaigns_model.CampaignError, match="blocks sends on its holidays"):
+        campaigns_calendar.parse_calendar(raw, load_markets())
     raw["campaigns"][0]["holiday"] = "No Such Day"
-    with pytest.raises(c.CampaignError, match="no holiday named"):
-        c.parse_calendar(raw, load_markets())
+    with pytest.raises(campaigns_model.CampaignError, match="no holiday named"):
+        campaigns_calendar.parse_calendar(raw, load_markets())
     raw["campaigns"][0].pop("holiday")
-    with pytest.raises(c.CampaignError, match="exactly one"):
-        c.parse_calendar(raw, load_markets())
+    with pytest.raises(campaigns_model.CampaignError, match="exactly one"):
+        campaigns_calendar.parse_calendar(raw, load_markets())
 
 
 def _state_engines(tmp_path):
@@ -223,27 +226,29 @@ def test_tables_pin_variants_and_keep_members_on_sqlite_and_postgres(tmp_path):
     for engine in _state_engines(tmp_path):
         upgrade(engine)
         camp = campaign(variants=({"id": "v1"}, {"id": "v2"}))
-        c.pin_variants(engine, camp, run_id="r1", now=NOW)
-        c.pin_variants(engine, camp, run_id="r2", now=NOW)  # same content: fine
+        campaigns_store.pin_variants(engine, camp, run_id="r1", now=NOW)
+        campaigns_store.pin_variants(engine, camp, run_id="r2", now=NOW)  # same content: fine
         changed = campaign(variants=({"id": "v1", "headline": "Other"}, {"id": "v2"}))
-        with pytest.raises(c.CampaignError, match="variant v1 was sent with other content"):
-            c.pin_variants(engine, changed, run_id="r3", now=NOW)
+        with pytest.raises(campaigns_model.CampaignError, match="variant v1 was sent with other content"):
+            campaigns_store.pin_variants(engine, changed, run_id="r3", now=NOW)
         members = pd.DataFrame(
             {
                 "customer_id": [1, 2, 3],
                 "outcome": ["holdout", "sent", "already_sent"],
-                "reason": ["holdout", None, c.REASON_EXHAUSTED],
+                "reason": ["holdout", None, campaigns_model.REASON_EXHAUSTED],
                 "variant_id": [None, "v1", None],
                 "arm": [None, "a", None],
             }
         )
-        assert c.record_members(engine, "autumn-test", "DE", "r1", members, now=NOW) == 3
-        assert c.record_members(engine, "autumn-test", "DE", "r1", members.iloc[:2], now=NOW) == 2  # a retry rewrites
-        stored = c.load_members(engine, "autumn-test")
+        assert campaigns_store.record_members(engine, "autumn-test", "DE", "r1", members, now=NOW) == 3
+        assert (
+            campaigns_store.record_members(engine, "autumn-test", "DE", "r1", members.iloc[:2], now=NOW) == 2
+        )  # a retry rewrites
+        stored = campaigns_store.load_members(engine, "autumn-test")
         assert sorted(stored["customer_id"]) == [1, 2]
         assert stored["recorded_at"].iloc[0] == NOW, "timezone-aware UTC on read"
         with pytest.raises(ValueError, match="customer_id 1 listed twice"):
-            c.record_members(engine, "autumn-test", "DE", "r1", pd.concat([members, members]), now=NOW)
+            campaigns_store.record_members(engine, "autumn-test", "DE", "r1", pd.concat([members, members]), now=NOW)
         engine.dispose()
 
 
@@ -253,7 +258,7 @@ def test_variant_history_reads_the_ledger_and_skips_retryable_rejections(tmp_pat
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
     upgrade(engine)
     base = {
-        "flow": c.FLOW, "kind": "marketing", "step": "a", "market": "DE", "subject_id": "autumn-test",
+        "flow": campaigns_model.FLOW, "kind": "marketing", "step": "a", "market": "DE", "subject_id": "autumn-test",
         "run_id": "r", "claim_token": "t", "claimed_at": NOW, "attempts": 1,
     }  # fmt: skip
     rows = [
@@ -264,7 +269,7 @@ def test_variant_history_reads_the_ledger_and_skips_retryable_rejections(tmp_pat
     ]  # fmt: skip
     with engine.begin() as conn:
         conn.execute(send_ledger.insert(), rows)
-    had = c.variant_history(engine, "autumn-test")
+    had = campaigns_store.variant_history(engine, "autumn-test")
     assert sorted(map(tuple, had.to_numpy().tolist())) == [(1, "v1"), (3, "v2")]
     engine.dispose()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from remarketing.content.context import base_context, http_url, pick_localized, product_grid, text_or_none, utm_tags
 from remarketing.content.engine import RenderError
-from remarketing.flows.campaigns.audience import ARMS, FLOW, Campaign, CampaignError
+from remarketing.flows.campaigns.model import ARMS, FLOW, Campaign, CampaignError
 from remarketing.markets import Market, MarketConfig
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from remarketing.flows.campaigns.audience import FLOW, HOLDOUT, PRESEND_OUTCOMES, Campaign, CampaignError
+from remarketing.flows.campaigns.model import FLOW, HOLDOUT, PRESEND_OUTCOMES, Campaign, CampaignError
 from remarketing.platform.storage import read_frame, write_frame
 
 
@@ -33,7 +33,7 @@ def send_run_id(run_id: str, campaign_id: str) -> str:
 
 
 def _send_date(value: str | None, market, now: datetime) -> date:
-    from remarketing.flows.campaigns.audience import local_today
+    from remarketing.flows.campaigns.model import local_today
 
     return date.fromisoformat(value) if value else local_today(market, now)
 
@@ -43,18 +43,11 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
     import pandas as pd
 
     from remarketing.delivery.tasks import resolve_now
-    from remarketing.flows.campaigns.audience import (
-        campaign_audience,
-        campaign_from_params,
-        due_campaigns,
-        had_calendar_date,
-        load_calendar,
-        pin_variants,
-        select_targets,
-        send_horizon,
-        variant_history,
-    )
+    from remarketing.flows.campaigns.audience import campaign_audience, select_targets, send_horizon
+    from remarketing.flows.campaigns.calendar import due_campaigns, load_calendar
     from remarketing.flows.campaigns.mail import check_localized
+    from remarketing.flows.campaigns.model import campaign_from_params
+    from remarketing.flows.campaigns.store import had_calendar_date, pin_variants, variant_history
     from remarketing.markets import load_markets
     from remarketing.platform.connections import remarketing_engine
     from remarketing.platform.storage import read_clean, run_folder
@@ -188,8 +181,9 @@ def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bo
     from remarketing.content.engine import MailRenderer
     from remarketing.delivery.send_step import OUTCOMES
     from remarketing.delivery.tasks import market_sender
-    from remarketing.flows.campaigns.audience import record_members, send_horizon
+    from remarketing.flows.campaigns.audience import send_horizon
     from remarketing.flows.campaigns.mail import campaign_renderer
+    from remarketing.flows.campaigns.store import record_members
 
     renderer = MailRenderer()
     results = []
