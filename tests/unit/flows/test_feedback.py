@@ -22,12 +22,12 @@ from remarketing.delivery.send_step import send_market
 from remarketing.delivery.sendgrid_api import SendGridApi
 from remarketing.delivery.sendgrid_transport import SendGridTransport
 from remarketing.delivery.suppressions import suppression_reasons, suppression_sync, suppressions, sync_suppressions
+from remarketing.flows.feedback.fold import fold_pending
 from remarketing.flows.feedback.store import (
     FeedbackError,
     apply_suppressions,
     email_event_batches,
     event_json,
-    fold_pending,
     pending_batches,
     store_batch,
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 def fold_events() -> dict[str, Any]:
     """Fold every stored webhook batch; logs the summary table, returns its counts."""
-    from remarketing.flows.feedback.store import fold_pending
+    from remarketing.flows.feedback.fold import fold_pending
     from remarketing.platform.clock import utcnow
     from remarketing.platform.connections import prepare_state, remarketing_engine
 
