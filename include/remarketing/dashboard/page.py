@@ -13,7 +13,7 @@ from decimal import Decimal
 from functools import cache
 
 from remarketing.dashboard.queries import Dashboard, MarketDay, Rate, TrendDay
-from remarketing.platform.dag_defaults import INCLUDE
+from remarketing.platform.settings import INCLUDE
 
 TEMPLATE = "remarketing.html.j2"  # include/ui/, beside the mail templates' folder
 
