@@ -16,7 +16,6 @@ and asks the auth manager whether the user may see the custom view ``Remarketing
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Annotated
@@ -57,7 +56,7 @@ async def airflow_user_may_view(request: Request) -> None:
 
 
 def _state_engine():
-    """The remarketing DB, schema brought up to date once per process."""
+    """The remarketing DB (per connection URL, migrated once): an edited connection is used at once."""
     from remarketing.platform.connections import migrated_remarketing_engine
 
     return migrated_remarketing_engine()
@@ -78,14 +77,9 @@ def create_app(
 ) -> FastAPI:
     """The page's app; tests pass their own engine, markets, authorization and clock."""
     app = FastAPI(title="Remarketing", docs_url=None, redoc_url=None, openapi_url=None)
-    lock = threading.Lock()
-    engines: dict = {}
 
     def engine():
-        with lock:
-            if "engine" not in engines:
-                engines["engine"] = engine_factory()
-            return engines["engine"]
+        return engine_factory()  # the default caches one engine per URL; tests pass their own
 
     def load(day: date | None):
         from remarketing.dashboard.queries import load_dashboard

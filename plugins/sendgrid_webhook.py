@@ -51,15 +51,6 @@ def _configured_key() -> str:
     return key
 
 
-def _state_engine_for(url: str):
-    """The remarketing DB at ``url``, schema brought up to date once per process and URL."""
-    from remarketing.platform.state import create_state_engine, upgrade
-
-    engine = create_state_engine(url)
-    upgrade(engine)
-    return engine
-
-
 def create_app(
     *,
     engine_factory: Callable | None = None,
@@ -83,10 +74,9 @@ def create_app(
         """The given engine, or the ``remarketing_db`` connection's: an edited connection is used at once."""
         if engine_factory is not None:
             return resource("engine", engine_factory)
-        from remarketing.platform.connections import remarketing_url
+        from remarketing.platform.connections import migrated_remarketing_engine
 
-        url = remarketing_url()
-        return resource(("engine", url), lambda: _state_engine_for(url))
+        return migrated_remarketing_engine()
 
     def refuse(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)

@@ -9,10 +9,13 @@ retry what a retry cannot fix. Airflow is imported inside functions.
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import closing, contextmanager
 
 STORE_CONN_ID = "store_db"
 REMARKETING_CONN_ID = "remarketing_db"
+_ENGINES: dict = {}  # migrated_remarketing_engine: URL -> engine
+_ENGINES_LOCK = threading.Lock()
 SQL_CONN_TYPES = ("sqlite", "postgres", "mysql")
 
 
@@ -119,12 +122,18 @@ def remarketing_engine(conn_id: str = REMARKETING_CONN_ID):
 
 
 def migrated_remarketing_engine(conn_id: str = REMARKETING_CONN_ID):
-    """``remarketing_engine`` with its schema brought up to date: for the API server's plugins."""
-    from remarketing.platform.state import upgrade
+    """For long-lived processes (the API server's plugins): one engine per database URL, its schema
+    brought up to date once. The connection is read on every call, so an edited ``remarketing_db``
+    is used at once, without a restart."""
+    from remarketing.platform.state import create_state_engine, upgrade
 
-    engine = remarketing_engine(conn_id)
-    upgrade(engine)
-    return engine
+    url = remarketing_url(conn_id)
+    with _ENGINES_LOCK:
+        if url not in _ENGINES:
+            engine = create_state_engine(url)
+            upgrade(engine)
+            _ENGINES[url] = engine
+        return _ENGINES[url]
 
 
 def prepare_state(conn_id: str = REMARKETING_CONN_ID) -> str:

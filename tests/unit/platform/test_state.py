@@ -97,3 +97,18 @@ def test_0008_fills_the_run_and_flow_of_outcomes_stored_before_it(engine):
             for r in conn.execute(sa.text("SELECT ledger_key, run_id, flow FROM send_outcomes"))
         )
     assert rows == {"k1": ("run-7", "cart_recovery"), "k-unknown": (None, None)}
+
+
+def test_the_api_servers_engine_follows_the_connection_and_is_migrated_once_per_database(tmp_path, monkeypatch):
+    """The plugins live as long as the API server: an edited remarketing_db must be used at once."""
+    from conftest import sqlite_conn_env
+
+    from remarketing.platform.connections import migrated_remarketing_engine
+
+    monkeypatch.setenv("AIRFLOW_CONN_REMARKETING_DB", sqlite_conn_env(tmp_path / "first.db"))
+    first = migrated_remarketing_engine()
+    assert migrated_remarketing_engine() is first, "one engine per database, not one per request"
+    monkeypatch.setenv("AIRFLOW_CONN_REMARKETING_DB", sqlite_conn_env(tmp_path / "second.db"))
+    second = migrated_remarketing_engine()
+    assert second is not first and str(second.url).endswith("second.db")
+    assert state.current_revision(second) == state.head_revision()
