@@ -17,6 +17,7 @@ from remarketing.platform import state
 from remarketing.platform.clock import utcnow
 from remarketing.platform.storage import read_table, run_folder_name, write_table
 from remarketing.store import extract
+from remarketing.store.schema import TableSpec
 
 
 @dataclass(frozen=True)
@@ -66,34 +67,11 @@ def refresh_table(
     delta_path = run_dir / "delta.parquet"
     snapshot_path = run_dir / "snapshot.parquet"
 
-    try:
-        sql = extract.mapping_sql(table)
-        window = extract.plan_window(store_conn, table, lower, now=now, settle=settle, sql=sql)
-        delta = extract.extract_delta(store_conn, spec, window, lambda: delta_path.open("wb"), sql=sql)
-    except extract.StoreExtractError as exc:
-        raise extract.StoreExtractError(
-            f"connection {store_name!r}, table {table}: {exc}", permanent=exc.permanent
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise extract.StoreExtractError(
-            f"connection {store_name!r}, table {table}: extraction failed: {type(exc).__name__}: {detail}",
-            permanent=extract.is_permanent_db_error(exc),
-        ) from exc
-
-    if previous.snapshot_path and not full_refresh and delta.rows == 0:
-        published_path, snapshot_rows = previous.snapshot_path, previous.snapshot_rows  # nothing changed
-    elif full_refresh or not previous.snapshot_path:
-        published_path, snapshot_rows = str(delta_path), delta.rows  # nothing to merge: the delta is the mirror
-    else:
-        base = read_table(path_factory(previous.snapshot_path))
-        merged = extract.merge_snapshot(base, read_table(delta_path), spec.key)
-        write_table(merged, snapshot_path)
-        published_path, snapshot_rows = str(snapshot_path), merged.num_rows
-
-    new_watermark = window.upper if window.upper is not None else lower
-    if lower is not None and new_watermark is not None and new_watermark < lower:
-        new_watermark = lower  # a window never moves backwards
+    window, delta = _extract(store_conn, store_name, spec, lower, now=now, settle=settle, delta_path=delta_path)
+    published_path, snapshot_rows = _publish(
+        previous, delta.rows, delta_path, snapshot_path, spec.key, full_refresh=full_refresh, path_factory=path_factory
+    )
+    new_watermark = _next_watermark(window.upper, lower)
     seconds = round(time.perf_counter() - started, 3)
     state.advance_watermark(
         state_engine,
@@ -124,6 +102,56 @@ def refresh_table(
         full_refresh=full_refresh,
         seconds=seconds,
     )
+
+
+def _extract(
+    store_conn: Any, store_name: str, spec: TableSpec, lower, *, now: datetime, settle: timedelta, delta_path: Any
+):
+    """Extract the rows changed since ``lower`` into ``delta_path``; returns (window, delta).
+
+    Every failure becomes a StoreExtractError naming the connection and table, permanent or not,
+    so the task knows whether a retry can help.
+    """
+    table = spec.name
+    try:
+        sql = extract.mapping_sql(table)
+        window = extract.plan_window(store_conn, table, lower, now=now, settle=settle, sql=sql)
+        delta = extract.extract_delta(store_conn, spec, window, lambda: delta_path.open("wb"), sql=sql)
+    except extract.StoreExtractError as exc:
+        raise extract.StoreExtractError(
+            f"connection {store_name!r}, table {table}: {exc}", permanent=exc.permanent
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise extract.StoreExtractError(
+            f"connection {store_name!r}, table {table}: extraction failed: {type(exc).__name__}: {detail}",
+            permanent=extract.is_permanent_db_error(exc),
+        ) from exc
+    return window, delta
+
+
+def _publish(
+    previous, delta_rows: int, delta_path: Any, snapshot_path: Any, key: str, *, full_refresh: bool, path_factory
+) -> tuple[str, int]:
+    """The snapshot to publish: the previous one (nothing changed), the delta itself, or both merged."""
+    if previous.snapshot_path and not full_refresh and delta_rows == 0:
+        published_path, snapshot_rows = previous.snapshot_path, previous.snapshot_rows  # nothing changed
+    elif full_refresh or not previous.snapshot_path:
+        published_path, snapshot_rows = str(delta_path), delta_rows  # nothing to merge: the delta is the mirror
+    else:
+        base = read_table(path_factory(previous.snapshot_path))
+        merged = extract.merge_snapshot(base, read_table(delta_path), key)
+        write_table(merged, snapshot_path)
+        published_path, snapshot_rows = str(snapshot_path), merged.num_rows
+    return published_path, snapshot_rows
+
+
+def _next_watermark(upper, lower):
+    """The window's upper bound, or ``lower`` when the window was empty; never before ``lower``."""
+    new_watermark = upper if upper is not None else lower
+    if lower is not None and new_watermark is not None and new_watermark < lower:
+        new_watermark = lower  # a window never moves backwards
+    return new_watermark
 
 
 def summary_table(snapshots: list[dict]) -> str:

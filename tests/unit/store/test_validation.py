@@ -26,6 +26,9 @@ from remarketing.platform import state
 from remarketing.store.extract import ISSUES_COLUMN, arrow_schema
 from remarketing.store.schema import CANONICAL_TABLES
 from remarketing.store.validation import rules as validation_rules
+from remarketing.store.validation.conform import prepare
+from remarketing.store.validation.derived import derive
+from remarketing.store.validation.references import ParentRows
 from remarketing.store.validation.results import (
     ConservationError,
     FeedBroken,
@@ -219,15 +222,15 @@ def test_every_derived_column_is_asserted_by_an_expectation(clean_run):
     markets = load_markets()
     parents = set(validation_rules.TABLE_ORDER)
     for table in validation_rules.TABLE_ORDER:
-        prepared = validation_rules.prepare(store.tables[table], table)
-        frame, _ = validation_rules.derive(
+        prepared = prepare(store.tables[table], table)
+        frame, _ = derive(
             prepared,
             table,
             markets=markets,
             now=NOW,
             future_skew=timedelta(minutes=10),
             text_max_length=20_000,
-            parents={p: validation_rules.ParentRows(store.tables[p].to_pandas(), _all(store, p)) for p in parents},
+            parents={p: ParentRows(store.tables[p].to_pandas(), _all(store, p)) for p in parents},
         )
         checks = validation_rules.row_checks(table, markets=markets, parents=parents, max_amount=1e7, max_quantity=9)
         derived = {c for c in frame.columns if c.startswith("__check__") or c.startswith("__ref__")}

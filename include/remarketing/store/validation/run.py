@@ -11,7 +11,9 @@ Per run, under ``out_dir``: ``clean/<table>.parquet`` (canonical columns, normal
 email-validator normalises them, timestamps aware UTC, text without NUL bytes, invalid customer
 time zones nulled), ``quarantine/<table>.parquet`` (the rows as read, plus ``row_number``,
 ``reason``, ``expectation``, ``column``) and ``report.html``. The rules and suites live in
-remarketing.store.validation.rules, the report in remarketing.store.validation.report.
+remarketing.store.validation.rules (the steps beside it: conform, column_checks, references,
+derived, gx_runtime), the verdicts in verdicts, the DB records in recording and the report in
+remarketing.store.validation.report.
 
 Decisions the corpus (tests/support/bad_input) pins down:
 - naive timestamps are quarantined, never assumed UTC; aware ones in any zone are converted;
@@ -25,14 +27,10 @@ Decisions the corpus (tests/support/bad_input) pins down:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -44,6 +42,11 @@ from remarketing.platform.storage import as_path, read_table, write_table
 from remarketing.store.extract import ISSUES_COLUMN, arrow_schema
 from remarketing.store.schema import CANONICAL_TABLES
 from remarketing.store.validation import rules
+from remarketing.store.validation.conform import Prepared, prepare
+from remarketing.store.validation.derived import derive
+from remarketing.store.validation.gx_runtime import Outcome, run_suite, runtime
+from remarketing.store.validation.recording import record_validation
+from remarketing.store.validation.references import ParentRows
 from remarketing.store.validation.results import (
     MAX_EXAMPLE_KEYS,
     TABLE_ORDER,
@@ -53,8 +56,14 @@ from remarketing.store.validation.results import (
     StoreValidation,
     TableValidation,
     ValidationPolicy,
-    quarantine,
-    validation_runs,
+)
+from remarketing.store.validation.verdicts import (
+    Verdict,
+    expectation_result,
+    keys_at,
+    keys_at_raw,
+    quarantine_arrow,
+    verdict_of,
 )
 
 log = logging.getLogger(__name__)
@@ -82,9 +91,9 @@ def validate_store(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     out_dir = as_path(out_dir)
-    rules.runtime()  # GX import and context (seconds, once per process) are not any table's time
+    runtime()  # GX import and context (seconds, once per process) are not any table's time
     started = time.perf_counter()
-    parents: dict[str, rules.ParentRows] = {}
+    parents: dict[str, ParentRows] = {}
     failed_parents: set[str] = set()
     results: dict[str, TableValidation] = {}
     quarantined_rows: dict[str, pd.DataFrame] = {}
@@ -140,10 +149,15 @@ def _validate_table(
     out_dir,
     now: datetime,
     policy: ValidationPolicy,
-    parents: dict[str, rules.ParentRows],
+    parents: dict[str, ParentRows],
     failed_parents: set[str],
     record: bool,
-) -> tuple[TableValidation, rules.ParentRows | None, pd.DataFrame | None]:
+) -> tuple[TableValidation, ParentRows | None, pd.DataFrame | None]:
+    """Read, check the table, then its rows, and write its outputs; returns (result, parent rows, rows to record).
+
+    The parent rows are what the table's children are checked against; the rows to record are its
+    quarantined rows for the remarketing DB (only when ``record`` and the table passed).
+    """
     started = time.perf_counter()
     spec = CANONICAL_TABLES[table]
     table_policy = policy.for_table(table)
@@ -155,20 +169,56 @@ def _validate_table(
     try:
         raw = read_table(source)
     except Exception as exc:  # noqa: BLE001 - any reader error means the snapshot cannot be used
-        result = TableValidation(table, extracted=0, status="failed")
-        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        result.failure = FeedBroken(table, "read_parquet", [], f"the snapshot is not readable Parquet ({detail})")
-        result.expectations.append(ExpectationResult("read_parquet", "read_parquet", None, "table", False, 0, [], {}))
-        return done(result), None, None
+        return done(_unreadable(table, exc)), None, None
 
     result = TableValidation(table, extracted=raw.num_rows)
-    prepared = rules.prepare(raw, table)
+    prepared = prepare(raw, table)
     result.extra_columns = prepared.extra
+    failure = _check_table(result, raw, prepared, expect_rows=table in policy.expect_rows)
+    if failure is not None:
+        result.status, result.failure = "failed", failure
+        return done(result), None, None
 
-    # Table level: GX on the snapshot's shape (columns, rows), then the types found on reading.
-    schema_checks = rules.schema_checks(table, expect_rows=table in policy.expect_rows)
+    frame, outcomes = _check_rows(
+        result,
+        prepared,
+        markets=markets,
+        now=now,
+        table_policy=table_policy,
+        parents=parents,
+        failed_parents=failed_parents,
+    )
+    verdict = verdict_of(outcomes, len(frame))
+    clean_mask = ~verdict.bad
+    _write_outputs(result, raw, frame, verdict, out_dir)
+    failure = _bad_share_failure(result, frame, outcomes, table_policy)
+    if failure is not None:
+        result.status, result.failure = "failed", failure
+    parent = ParentRows(frame=frame[[c for c in _parent_columns(table) if c in frame]], clean=clean_mask)
+    rows = verdict.rows_frame(raw, frame, spec.key) if record and result.status == "ok" else None
+    return done(result), parent, rows
+
+
+def _unreadable(table: str, exc: Exception) -> TableValidation:
+    """A snapshot the reader cannot open is a broken feed, reported as a failed read_parquet step."""
+    result = TableValidation(table, extracted=0, status="failed")
+    detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    result.failure = FeedBroken(table, "read_parquet", [], f"the snapshot is not readable Parquet ({detail})")
+    result.expectations.append(ExpectationResult("read_parquet", "read_parquet", None, "table", False, 0, [], {}))
+    return result
+
+
+def _check_table(result: TableValidation, raw: pa.Table, prepared: Prepared, *, expect_rows: bool) -> FeedBroken | None:
+    """Table level: GX on the snapshot's shape (columns, rows), then the types found on reading.
+
+    Every table-level expectation is recorded on ``result``; returns the failure that breaks the
+    feed, if any, before any row is checked.
+    """
+    table = result.table
+    spec = CANONICAL_TABLES[table]
+    schema_checks = rules.schema_checks(table, expect_rows=expect_rows)
     shape = pd.DataFrame({name: np.zeros(raw.num_rows, dtype=np.int8) for name in raw.column_names})
-    schema = rules.run_suite(table, shape, f"store.{table}.schema", schema_checks, key=spec.key)
+    schema = run_suite(table, shape, f"store.{table}.schema", schema_checks, key=spec.key)
     for outcome in schema:
         missing = (
             {"columns missing": len(prepared.missing)} if outcome.check.name == "columns" and prepared.missing else {}
@@ -182,12 +232,26 @@ def _validate_table(
         result.expectations.append(
             ExpectationResult(f"type:{column}", label, column, "table", False, 0, [], {found: 0})
         )
-    failure = _schema_failure(table, spec.key, schema, prepared, raw)
-    if failure is not None:
-        result.status, result.failure = "failed", failure
-        return done(result), None, None
+    return _schema_failure(table, spec.key, schema, prepared, raw)
 
-    frame, normalised = rules.derive(
+
+def _check_rows(
+    result: TableValidation,
+    prepared: Prepared,
+    *,
+    markets,
+    now: datetime,
+    table_policy: ValidationPolicy,
+    parents: dict[str, ParentRows],
+    failed_parents: set[str],
+) -> tuple[pd.DataFrame, list[Outcome]]:
+    """Row level: derive the check columns, run the table's suite, record every expectation on ``result``.
+
+    References to a broken parent table are not checked, and recorded as such.
+    """
+    table = result.table
+    spec = CANONICAL_TABLES[table]
+    frame, normalised = derive(
         prepared,
         table,
         markets=markets,
@@ -218,15 +282,19 @@ def _validate_table(
                 {},
             )
         )
-    outcomes = rules.run_suite(table, frame, f"store.{table}", checks, key=spec.key)
-    verdict = _verdict(outcomes, len(frame))
-    clean_mask = ~verdict.bad
+    outcomes = run_suite(table, frame, f"store.{table}", checks, key=spec.key)
     for outcome in outcomes:
-        result.expectations.append(_expectation_result(outcome, frame, spec.key))
+        result.expectations.append(expectation_result(outcome, frame, spec.key))
         if not outcome.success and outcome.unexpected:
             target = result.failed_expectations if outcome.check.action == rules.QUARANTINE else result.notes
             target[outcome.check.label] = outcome.unexpected
+    return frame, outcomes
 
+
+def _write_outputs(result: TableValidation, raw: pa.Table, frame: pd.DataFrame, verdict: Verdict, out_dir) -> None:
+    """Write the clean and quarantine Parquet files, checking that every row extracted is in one of them."""
+    table = result.table
+    clean_mask = ~verdict.bad
     result.clean = int(clean_mask.sum())
     result.quarantined = int(verdict.bad.sum())
     if result.extracted != result.clean + result.quarantined:
@@ -235,7 +303,7 @@ def _validate_table(
         )
 
     clean_table = _clean_arrow(frame.loc[clean_mask], table)
-    quarantine_table = _quarantine_arrow(raw, verdict)
+    quarantine_table = quarantine_arrow(raw, verdict)
     if clean_table.num_rows + quarantine_table.num_rows != result.extracted:
         raise ConservationError(
             f"table {table}: wrote {clean_table.num_rows} clean + {quarantine_table.num_rows} quarantined rows "
@@ -247,31 +315,33 @@ def _validate_table(
     write_table(quarantine_table, quarantine_path)
     result.clean_path, result.quarantine_path = str(clean_path), str(quarantine_path)
 
+
+def _bad_share_failure(
+    result: TableValidation, frame: pd.DataFrame, outcomes: list[Outcome], table_policy: ValidationPolicy
+) -> FeedBroken | None:
+    """Too many rows quarantined means the feed, not the rows, is broken: names the check that caught most."""
     share = result.quarantined / result.extracted if result.extracted else 0.0
-    if share > table_policy.max_bad_share:
-        worst = max(
-            (o for o in outcomes if o.check.action == rules.QUARANTINE and o.unexpected),
-            key=lambda o: o.unexpected,
-        )
-        keys = _keys_at(frame, spec.key, worst.rows[:MAX_EXAMPLE_KEYS])
-        result.status = "failed"
-        result.failure = FeedBroken(
-            table,
-            worst.check.label,
-            keys,
-            f"{result.quarantined} of {result.extracted} rows ({share:.1%}) would be quarantined, more than "
-            f"max_bad_share {table_policy.max_bad_share:.1%}; most by {worst.check.name} ({worst.unexpected} rows)",
-        )
-    parent = rules.ParentRows(frame=frame[[c for c in _parent_columns(table) if c in frame]], clean=clean_mask)
-    rows = verdict.rows_frame(raw, frame, spec.key) if record and result.status == "ok" else None
-    return done(result), parent, rows
+    if share <= table_policy.max_bad_share:
+        return None
+    worst = max(
+        (o for o in outcomes if o.check.action == rules.QUARANTINE and o.unexpected),
+        key=lambda o: o.unexpected,
+    )
+    keys = keys_at(frame, CANONICAL_TABLES[result.table].key, worst.rows[:MAX_EXAMPLE_KEYS])
+    return FeedBroken(
+        result.table,
+        worst.check.label,
+        keys,
+        f"{result.quarantined} of {result.extracted} rows ({share:.1%}) would be quarantined, more than "
+        f"max_bad_share {table_policy.max_bad_share:.1%}; most by {worst.check.name} ({worst.unexpected} rows)",
+    )
 
 
 def _parent_columns(table: str) -> list[str]:
     return [CANONICAL_TABLES[table].key, "currency", "market"]
 
 
-def _schema_failure(table: str, key: str, schema, prepared: rules.Prepared, raw: pa.Table) -> FeedBroken | None:
+def _schema_failure(table: str, key: str, schema, prepared: Prepared, raw: pa.Table) -> FeedBroken | None:
     columns = next(o for o in schema if o.check.name == "columns")
     if columns.success == bool(prepared.missing):
         raise RuntimeError(f"table {table}: GX and the reader disagree on missing columns {prepared.missing}")
@@ -288,7 +358,7 @@ def _schema_failure(table: str, key: str, schema, prepared: rules.Prepared, raw:
         )
     if prepared.type_errors:
         column, found = next(iter(prepared.type_errors.items()))
-        keys = _keys_at_raw(raw, key, prepared.type_error_rows.get(column))
+        keys = keys_at_raw(raw, key, prepared.type_error_rows.get(column))
         others = [c for c in prepared.type_errors if c != column]
         also = f" (also {', '.join(others)})" if others else ""
         return FeedBroken(
@@ -303,120 +373,6 @@ def _schema_failure(table: str, key: str, schema, prepared: rules.Prepared, raw:
     return None
 
 
-# --------------------------------------------------------------------------- verdicts
-
-
-@dataclass
-class _Verdict:
-    bad: np.ndarray  # bool per row
-    rows: np.ndarray  # quarantined __row, ascending
-    expectation: np.ndarray  # first failing expectation label per quarantined row
-    column: np.ndarray
-    reason: np.ndarray  # every reason, joined
-
-    def rows_frame(self, raw: pa.Table, frame: pd.DataFrame, key: str) -> pd.DataFrame:
-        """The quarantined rows for the remarketing DB: key, position, expectation, column, reason, row JSON."""
-        keys = _keys_at(frame, key, self.rows)
-        originals = raw.take(pa.array(self.rows, pa.int64())).to_pylist() if len(self.rows) else []
-        return pd.DataFrame(
-            {
-                "row_key": [None if k is None else str(k) for k in keys],
-                "row_number": self.rows,
-                "expectation": self.expectation,
-                "column_name": self.column,
-                "reason": self.reason,
-                "row_json": [_row_json(row) for row in originals],
-            }
-        )
-
-
-def _verdict(outcomes: list[rules.Outcome], size: int) -> _Verdict:
-    """Which rows are quarantined, by which expectation first (suite order) and for which reasons (all)."""
-    parts = []
-    for order, outcome in enumerate(outcomes):
-        if outcome.check.action != rules.QUARANTINE or not len(outcome.rows):
-            continue
-        parts.append(
-            pd.DataFrame(
-                {
-                    "row": outcome.rows,
-                    "order": order,
-                    "expectation": outcome.check.label,
-                    "column": rules.columns_of(outcome),
-                    "reason": rules.reasons_of(outcome),
-                }
-            )
-        )
-    bad = np.zeros(size, dtype=bool)
-    if not parts:
-        empty = np.empty(0, dtype=object)
-        return _Verdict(bad, np.empty(0, dtype=np.int64), empty, empty, empty)
-    failures = pd.concat(parts, ignore_index=True).sort_values(["row", "order"], kind="stable")
-    failures = failures.drop_duplicates(["row", "reason"])
-    grouped = failures.groupby("row", sort=True)
-    first = grouped.first()
-    reasons = grouped["reason"].agg("; ".join)
-    rows = first.index.to_numpy(dtype=np.int64)
-    bad[rows] = True
-    return _Verdict(
-        bad,
-        rows,
-        first["expectation"].to_numpy(dtype=object),
-        first["column"].to_numpy(dtype=object),
-        reasons.loc[first.index].to_numpy(dtype=object),
-    )
-
-
-def _expectation_result(outcome: rules.Outcome, frame: pd.DataFrame, key: str) -> ExpectationResult:
-    check = outcome.check
-    reasons: dict[str, int] = {}
-    if check.reason is None and len(outcome.rows):
-        # Derived values are reasons we wrote ourselves (no personal data); value expectations are
-        # reported by count and keys only, since their failing values may be personal.
-        reasons = dict(Counter(str(v) for v in outcome.values).most_common(5))
-    elif check.reason is not None and outcome.unexpected:
-        reasons = {check.reason: outcome.unexpected}
-    return ExpectationResult(
-        check.name,
-        check.label,
-        check.column,
-        check.action,
-        outcome.success,
-        outcome.unexpected,
-        _keys_at(frame, key, outcome.rows[:MAX_EXAMPLE_KEYS]),
-        reasons,
-    )
-
-
-def _keys_at(frame: pd.DataFrame, key: str, rows: np.ndarray) -> list:
-    """Key values (python ints, None for a missing key) at the given __row positions."""
-    if not len(rows):
-        return []
-    values = frame[key].to_numpy(dtype=object, na_value=None)[np.asarray(rows, dtype=np.int64)]
-    return [None if v is None else int(v) for v in values]
-
-
-def _keys_at_raw(raw: pa.Table, key: str, rows: np.ndarray | None) -> list:
-    """Example keys of the rows a type error is about (none when the whole column is the problem)."""
-    if rows is None or not len(rows):
-        return []
-    return raw.column(key).take(pa.array(rows[:MAX_EXAMPLE_KEYS], pa.int64())).to_pylist()
-
-
-def _row_json(row: dict) -> str:
-    """A row as read, as strict JSON: timestamps ISO 8601, NaN and infinities as text."""
-    values = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-    return json.dumps(values, ensure_ascii=False, allow_nan=False, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)  # Decimal and anything else Arrow hands back
-
-
 # --------------------------------------------------------------------------- outputs
 
 
@@ -425,21 +381,6 @@ def _clean_arrow(frame: pd.DataFrame, table: str) -> pa.Table:
     schema = pa.schema([f for f in arrow_schema(spec) if f.name != ISSUES_COLUMN])
     clean = pa.Table.from_pandas(frame[spec.column_names], schema=schema, preserve_index=False)
     return clean.replace_schema_metadata(None)
-
-
-def _quarantine_arrow(raw: pa.Table, verdict: _Verdict) -> pa.Table:
-    rows = raw.take(pa.array(verdict.rows, pa.int64()))
-    extra = {
-        "row_number": pa.array(verdict.rows, pa.int64()),
-        "reason": pa.array(verdict.reason.tolist(), pa.string()),
-        "expectation": pa.array(verdict.expectation.tolist(), pa.string()),
-        "column": pa.array(verdict.column.tolist(), pa.string()),
-    }
-    for name, array in extra.items():
-        if name in rows.column_names:  # a store column of that name: keep it, ours gets a prefix
-            name = f"_validation_{name}"
-        rows = rows.append_column(name, array)
-    return rows.replace_schema_metadata(None)
 
 
 def _path(base: Any, *parts: str):
@@ -458,64 +399,3 @@ def _write_text(path: Any, text: str) -> None:
     _ensure_parent(path)
     with path.open("wb") as handle:
         handle.write(text.encode("utf-8"))
-
-
-# --------------------------------------------------------------------------- recording
-
-
-def record_validation(
-    engine: sa.Engine, validation: StoreValidation, quarantined_rows: Mapping[str, pd.DataFrame]
-) -> None:
-    """One validation_runs row per table and the quarantined rows of the tables that passed.
-
-    Idempotent per (run_id, table): a re-validation replaces that run's rows. A broken table's
-    rows are not copied into the DB (its quarantine Parquet, when written, has them).
-    """
-    finished = datetime.now(UTC)
-    tables = list(validation.tables)
-    with engine.begin() as connection:
-        for target in (quarantine, validation_runs):
-            connection.execute(
-                sa.delete(target).where(target.c.run_id == validation.run_id, target.c.table_name.in_(tables))
-            )
-        for name, result in validation.tables.items():
-            connection.execute(
-                sa.insert(validation_runs).values(
-                    run_id=validation.run_id,
-                    table_name=name,
-                    extracted=result.extracted,
-                    clean=result.clean,
-                    quarantined=result.quarantined,
-                    status=result.status,
-                    failed_expectation=result.failure.expectation if result.failure else None,
-                    message=str(result.failure) if result.failure else None,
-                    seconds=result.seconds,
-                    finished_at=finished,
-                )
-            )
-        for name, rows in quarantined_rows.items():
-            if rows.empty:
-                continue
-            records = [
-                {
-                    "run_id": validation.run_id,
-                    "table_name": name,
-                    "row_key": key,
-                    "row_number": int(number),
-                    "expectation": expectation,
-                    "column_name": column,
-                    "reason": reason,
-                    "row_json": row_json,
-                    "quarantined_at": finished,
-                }
-                for key, number, expectation, column, reason, row_json in zip(
-                    rows["row_key"],
-                    rows["row_number"],
-                    rows["expectation"],
-                    rows["column_name"],
-                    rows["reason"],
-                    rows["row_json"],
-                    strict=True,
-                )
-            ]
-            connection.execute(sa.insert(quarantine), records)
