@@ -204,7 +204,8 @@ def _status_kib(field: str) -> int:
 def child(size: int) -> dict:
     from remarketing.markets import load_markets
     from remarketing.profiles.config import load_lifecycle_config
-    from remarketing.profiles.lifecycle import compute_profiles, compute_rfm
+    from remarketing.profiles.lifecycle import compute_profiles
+    from remarketing.profiles.rfm import compute_rfm
 
     markets, config = load_markets(), load_lifecycle_config()
     started = time.perf_counter()

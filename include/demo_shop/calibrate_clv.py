@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from demo_shop.generator import generate_store
-from remarketing.profiles.clv import calibration_report
+from remarketing.profiles.calibration import calibration_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,7 @@ every repeat purchase the customer leaves with probability p ~ Beta(a, b).
 - Purchases are *purchase days*: a customer's valid orders on one UTC calendar day count once
   (split shipments and a forgotten item are not two decisions to buy).
 
-``calibration_report`` fits on the history before a split date and compares predicted with
-actual purchase days in the held-out horizon, per market and by decile of prediction.
+The held-out check of these fits (``calibration_report``) is remarketing.profiles.calibration.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import numpy as np
@@ -38,25 +36,13 @@ from scipy.linalg import eigh_tridiagonal
 from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp2f1
 
-from remarketing.profiles.frames import (
-    ModelInputError,
-    examples,
-    int_keys,
-    locate,
-    require_columns,
-    unique_or_fail,
-    utc_micros,
-)
-
 DAY_US = 86_400 * 1_000_000
-EXCLUDED_STATUSES = ("cancelled", "refunded")  # never revenue, never a purchase
-ORDER_STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded")
 QUADRATURE_NODES = 24  # worst relative error ~2e-4 against 128 nodes over wide parameter ranges
 _LOG_BOUNDS = (-12.0, 12.0)  # on log-parameters: e^-12 .. e^12 (alpha in days)
 
 
 # ---------------------------------------------------------------------------------------------
-# frame helpers (shared with remarketing.profiles.lifecycle)
+# sampling
 
 
 def _hash_rank(customer_id: np.ndarray) -> np.ndarray:
@@ -489,141 +475,3 @@ def fit_market_models(
             base.iterations, fallback_reason, base.seconds, base.message,
         )  # fmt: skip
     return fits
-
-
-# ---------------------------------------------------------------------------------------------
-# calibration on held-out data
-
-
-@dataclass
-class CalibrationReport:
-    """Held-out check of the purchase model; ``markets`` has one row per market plus ``ALL``."""
-
-    split_at: datetime
-    horizon_days: int
-    markets: pd.DataFrame
-    deciles: pd.DataFrame
-    fits: dict[str, ModelFit]
-
-    def to_markdown(self) -> str:
-        lines = [
-            f"Fitted on orders before {self.split_at:%Y-%m-%d}, predicting purchase days in the next "
-            f"{self.horizon_days} days (customers with a purchase before the split).",
-            "",
-            "| market | customers | model | predicted | actual | predicted/actual | MAE | MAE naive |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for row in self.markets.itertuples():
-            lines.append(
-                f"| {row.market} | {row.customers} | {row.model} | {row.predicted:.0f} | {row.actual:.0f} | "
-                f"{row.ratio:.3f} | {row.mae:.3f} | {row.mae_naive:.3f} |"
-            )
-        lines += ["", "Calibration by decile of prediction (all markets):", ""]
-        lines += ["| decile | customers | mean predicted | mean actual | share who bought |", "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-        for row in self.deciles[self.deciles["market"] == "ALL"].itertuples():
-            lines.append(
-                f"| {row.decile} | {row.customers} | {row.mean_predicted:.3f} | {row.mean_actual:.3f} | "
-                f"{row.share_bought:.3f} |"
-            )
-        return "\n".join(lines)
-
-
-def _decile_table(market: str, predicted: np.ndarray, actual: np.ndarray, deciles: int) -> pd.DataFrame:
-    # Rank first so that ties (many identical predictions) still split into equal-sized bins.
-    rank = pd.Series(predicted).rank(method="first").to_numpy()
-    decile = np.minimum((rank - 1) * deciles // max(len(predicted), 1), deciles - 1).astype(np.int64) + 1
-    frame = pd.DataFrame({"decile": decile, "predicted": predicted, "actual": actual, "bought": actual > 0})
-    table = frame.groupby("decile").agg(
-        customers=("predicted", "size"),
-        mean_predicted=("predicted", "mean"),
-        mean_actual=("actual", "mean"),
-        share_bought=("bought", "mean"),
-    )
-    return table.reset_index().assign(market=market)[
-        ["market", "decile", "customers", "mean_predicted", "mean_actual", "share_bought"]
-    ]
-
-
-def calibration_report(
-    orders: pd.DataFrame,
-    customers: pd.DataFrame,
-    *,
-    split_at: datetime,
-    horizon_days: int = 90,
-    min_repeat_buyers: int = 50,
-    fit_sample: int = 100_000,
-    deciles: int = 10,
-) -> CalibrationReport:
-    """Fit per market on orders before ``split_at``; compare predictions with the next ``horizon_days``.
-
-    Customers are those with a valid order before ``split_at``. Reported per market: predicted and
-    actual purchase days in the horizon, their ratio, mean absolute error per customer, and the
-    MAE of a naive forecast (the customer's past repeat rate x horizon) for comparison.
-    """
-    if split_at.tzinfo is None:
-        raise ValueError("split_at must be timezone-aware (UTC)")
-    if horizon_days <= 0:
-        raise ValueError("horizon_days must be positive")
-    require_columns(customers, "customers", ["customer_id", "market"])
-    require_columns(orders, "orders", ["order_id", "customer_id", "status", "placed_at"])
-    ids = int_keys(customers, "customers", "customer_id")
-    unique_or_fail(ids, "customers", "customer_id")
-    order_ids = int_keys(orders, "orders", "order_id")
-    pos = locate(ids, int_keys(orders, "orders", "customer_id", "order_id"))
-    if (pos < 0).any():
-        raise ModelInputError(f"orders reference unknown customers; order_id: {examples(order_ids[pos < 0])}")
-    placed = utc_micros(orders, "orders", "placed_at", "order_id")
-    valid = ~orders["status"].isin(EXCLUDED_STATUSES).to_numpy() & (placed != np.iinfo(np.int64).min)
-    split_us = (split_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    end_us = split_us + horizon_days * DAY_US
-    before = valid & (placed < split_us)
-    history = purchase_history(pos[before], placed[before], len(ids))
-    x, t_x, T = history.model_inputs(split_us)
-    buyers = np.flatnonzero(history.purchase_days > 0)
-    markets = customers["market"].astype(object).to_numpy()
-    # Actual purchase days in [split, split + horizon).
-    after = valid & (placed >= split_us) & (placed < end_us)
-    future_key = np.unique(pos[after] * (1 << 24) + np.floor_divide(placed[after] - split_us, DAY_US))
-    actual_all = np.bincount((future_key >> 24).astype(np.int64), minlength=len(ids))
-
-    fits = fit_market_models(
-        markets[buyers], ids[buyers], x[buyers], t_x[buyers], T[buyers],
-        min_repeat_buyers=min_repeat_buyers, fit_sample=fit_sample,
-    )  # fmt: skip
-    predicted = np.full(len(buyers), np.nan)
-    for code, fit in fits.items():
-        rows = np.flatnonzero(markets[buyers] == code)
-        if fit.params is not None:
-            b = buyers[rows]
-            predicted[rows] = expected_purchases(fit.params, horizon_days, x[b], t_x[b], T[b])
-    actual = actual_all[buyers].astype(np.float64)
-    naive = x[buyers] / np.maximum(T[buyers], 1.0) * horizon_days
-
-    rows_out, tables = [], []
-    for code in [*sorted(fits), "ALL"]:
-        # ALL covers the markets that have a model; a market without one is listed with no prediction.
-        sel = ~np.isnan(predicted) if code == "ALL" else markets[buyers] == code
-        if not sel.any():
-            continue
-        modelled = not np.isnan(predicted[sel]).any()
-        rows_out.append(
-            {
-                "market": code,
-                "customers": int(sel.sum()),
-                "model": "per market" if code == "ALL" else fits[code].source,
-                "predicted": float(predicted[sel].sum()) if modelled else np.nan,
-                "actual": float(actual[sel].sum()),
-                "ratio": float(predicted[sel].sum() / max(actual[sel].sum(), 1e-9)) if modelled else np.nan,
-                "mae": float(np.mean(np.abs(predicted[sel] - actual[sel]))) if modelled else np.nan,
-                "mae_naive": float(np.mean(np.abs(naive[sel] - actual[sel]))),
-            }
-        )
-        if modelled:
-            tables.append(_decile_table(code, predicted[sel], actual[sel], deciles))
-    return CalibrationReport(
-        split_at=split_at.astimezone(UTC),
-        horizon_days=horizon_days,
-        markets=pd.DataFrame(rows_out),
-        deciles=pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
-        fits=fits,
-    )

@@ -1,13 +1,18 @@
 """Reading the input frames profiles are computed from: required columns, integer keys, UTC instants.
 
 An input that cannot be read raises ModelInputError naming the table, the column and a few
-example keys (never personal data).
+example keys (never personal data). ``customer_orders`` reads customers and orders for the
+purchase model's calibration (remarketing.profiles.calibration); the profiles' own stricter
+reading is remarketing.profiles.inputs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+EXCLUDED_STATUSES = ("cancelled", "refunded")  # never revenue, never a purchase
+ORDER_STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded")
 
 
 class ModelInputError(ValueError):
@@ -71,3 +76,24 @@ def locate(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         out[inside] = table[values[inside]]
         return out
     return pd.Index(keys).get_indexer(values).astype(np.int64)
+
+
+def customer_orders(
+    customers: pd.DataFrame, orders: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Customer ids, and per order: its customer's row, placed_at (UTC microseconds) and whether it counts.
+
+    An order counts unless cancelled/refunded or without a placed_at. Laxer than the profiles'
+    reading (markets and currencies unchecked): the calibration needs purchase times only.
+    """
+    require_columns(customers, "customers", ["customer_id", "market"])
+    require_columns(orders, "orders", ["order_id", "customer_id", "status", "placed_at"])
+    ids = int_keys(customers, "customers", "customer_id")
+    unique_or_fail(ids, "customers", "customer_id")
+    order_ids = int_keys(orders, "orders", "order_id")
+    pos = locate(ids, int_keys(orders, "orders", "customer_id", "order_id"))
+    if (pos < 0).any():
+        raise ModelInputError(f"orders reference unknown customers; order_id: {examples(order_ids[pos < 0])}")
+    placed = utc_micros(orders, "orders", "placed_at", "order_id")
+    valid = ~orders["status"].isin(EXCLUDED_STATUSES).to_numpy() & (placed != np.iinfo(np.int64).min)
+    return ids, pos, placed, valid

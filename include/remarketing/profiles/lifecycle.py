@@ -7,6 +7,11 @@ timestamps), vectorized with numpy/pandas: one sort of the orders, bincounts and
 no per-customer Python. Thresholds live in include/lifecycle.yaml; ``describe_config`` renders
 them as the markdown the DAG shows.
 
+This module assigns the stages, assembles the profiles and finds stage transitions; the parts
+it assembles come from remarketing.profiles.inputs (reading customers and orders,
+``ProfileInputError``), .rfm (RFM scores and segment), .tags (favourite categories, price
+sensitivity, preferred hour) and .clv (the purchase model).
+
 Definitions (the contract the tests check):
 
 * Valid orders: status not cancelled/refunded and placed at or before ``as_of``. Excluded orders
@@ -34,11 +39,10 @@ Definitions (the contract the tests check):
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -47,9 +51,8 @@ import pyarrow as pa
 from remarketing.markets import MarketConfig
 from remarketing.profiles.clv import (
     DAY_US,
-    EXCLUDED_STATUSES,
-    ORDER_STATUSES,
     ModelFit,
+    PurchaseHistory,
     expected_purchases,
     fit_market_models,
     p_alive,
@@ -63,15 +66,19 @@ from remarketing.profiles.config import (
     LifecycleConfig,
     LifecycleConfigError,
 )
-from remarketing.profiles.frames import (
-    ModelInputError,
-    examples,
-    int_keys,
-    locate,
-    require_columns,
-    unique_or_fail,
-    utc_micros,
+from remarketing.profiles.frames import examples, int_keys, locate, require_columns, unique_or_fail, utc_micros
+from remarketing.profiles.inputs import (
+    NAT,
+    Customers,
+    ProfileInputError,
+    as_of_micros,
+    code_labels,
+    profile_errors,
+    read_customers,
+    read_orders,
 )
+from remarketing.profiles.rfm import rfm_figures, rfm_segments
+from remarketing.profiles.tags import customer_tags
 
 PROFILE_COLUMNS = (
     "customer_id", "market", "currency", "stage", "recency_days", "frequency", "monetary", "r_score", "f_score",
@@ -80,32 +87,6 @@ PROFILE_COLUMNS = (
     "expected_purchases_90d", "first_order_at", "last_order_at", "computed_at",
 )  # fmt: skip
 TRANSITION_COLUMNS = ("customer_id", "market", "from_stage", "to_stage", "changed_on")
-_NAT = np.iinfo(np.int64).min
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_STR = pd.StringDtype("pyarrow", na_value=np.nan)
-
-
-class ProfileInputError(ModelInputError):
-    """Input frames that cannot be profiled; the message names the table, column and example keys."""
-
-
-def _profile_errors(function):
-    """Input errors raised by the shared frame helpers surface as ProfileInputError."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except ProfileInputError:
-            raise
-        except ModelInputError as exc:
-            raise ProfileInputError(str(exc)) from None
-
-    return wrapper
-
-
-# ---------------------------------------------------------------------------------------------
-# configuration
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,338 +157,16 @@ class ProfileResult:
             pq.write_table(table, handle)
 
 
-# ---------------------------------------------------------------------------------------------
-# inputs
-
-
-def _as_of_us(as_of: datetime) -> int:
-    if not isinstance(as_of, datetime) or as_of.tzinfo is None:
-        raise ValueError("as_of must be a timezone-aware datetime (UTC)")
-    return (as_of - _EPOCH) // timedelta(microseconds=1)
-
-
-def _labels(labels, codes: np.ndarray, missing: np.ndarray | None = None) -> pd.api.extensions.ExtensionArray:
-    """Integer codes -> pandas' string dtype through Arrow (fast at millions of rows)."""
-    codes = np.asarray(codes, dtype=np.int64)
-    if missing is None:
-        missing = codes < 0
-    array = pa.array(list(labels), pa.string()).take(pa.array(np.where(missing, 0, codes), mask=missing))
-    return pd.array(array, dtype=_STR)
-
-
-def _codes(series: pd.Series, categories) -> np.ndarray:
-    """Position of each value in ``categories`` (-1 for null or unknown), factorizing first (fast on Arrow strings)."""
-    codes, uniques = pd.factorize(series)
-    lookup = {value: i for i, value in enumerate(categories)}
-    mapped = np.array([lookup.get(value, -1) for value in uniques], dtype=np.int64)
-    return np.where(codes >= 0, mapped[np.maximum(codes, 0)] if len(mapped) else -1, -1).astype(np.int64)
-
-
 def _timestamps(micros: np.ndarray) -> pd.arrays.DatetimeArray:
     """int64 UTC microseconds (INT64 min = NaT) -> aware UTC timestamps."""
     return pd.array(np.asarray(micros, dtype=np.int64).view("datetime64[us]"), dtype=pd.DatetimeTZDtype("us", UTC))
-
-
-@dataclass
-class _Customers:
-    ids: np.ndarray  # sorted
-    rows: np.ndarray  # input row of each sorted customer
-    market: np.ndarray  # code into codes
-    codes: list[str]  # configured market codes
-    currency: list[str]  # per code
-
-
-def _read_customers(customers: pd.DataFrame, markets: MarketConfig) -> _Customers:
-    require_columns(customers, "customers", ["customer_id", "market"])
-    ids = int_keys(customers, "customers", "customer_id")
-    unique_or_fail(ids, "customers", "customer_id")
-    rows = np.argsort(ids, kind="stable")
-    ids = ids[rows]
-    codes = list(markets.codes)
-    market = _codes(customers["market"], codes)[rows]
-    if (market < 0).any():
-        bad = ids[market < 0]
-        raise ProfileInputError(
-            f"customers.market is missing or not a configured market ({', '.join(codes)}) for {len(bad)} "
-            f"customer(s); customer_id: {examples(bad)}"
-        )
-    return _Customers(ids, rows, market, codes, [markets[c].currency for c in codes])
-
-
-@dataclass
-class _Orders:
-    ids: np.ndarray
-    customer: np.ndarray  # customer position
-    placed: np.ndarray  # UTC microseconds
-    total: np.ndarray
-    discounted: np.ndarray
-    valid: np.ndarray
-    excluded: dict[str, int]
-
-
-def _read_orders(orders: pd.DataFrame, cust: _Customers, as_of_us: int) -> _Orders:
-    columns = ["order_id", "customer_id", "status", "currency", "total_amount", "discount_amount", "placed_at"]
-    require_columns(orders, "orders", columns)
-    ids = int_keys(orders, "orders", "order_id")
-    unique_or_fail(ids, "orders", "order_id")
-    customer = locate(cust.ids, int_keys(orders, "orders", "customer_id", "order_id"))
-    if (customer < 0).any():
-        raise ProfileInputError(f"orders reference unknown customers; order_id: {examples(ids[customer < 0])}")
-    status_codes = _codes(orders["status"], ORDER_STATUSES)
-    if (status_codes < 0).any():
-        raise ProfileInputError(
-            f"orders.status is missing or not one of {', '.join(ORDER_STATUSES)}; order_id: "
-            f"{examples(ids[status_codes < 0])}"
-        )
-    placed = utc_micros(orders, "orders", "placed_at", "order_id")
-    if (placed == _NAT).any():
-        raise ProfileInputError(f"orders.placed_at is null; order_id: {examples(ids[placed == _NAT])}")
-    excluded_status = np.isin(status_codes, [ORDER_STATUSES.index(s) for s in EXCLUDED_STATUSES])
-    future = ~excluded_status & (placed > as_of_us)
-    valid = ~excluded_status & ~future
-    excluded = {s: int(np.count_nonzero(status_codes == ORDER_STATUSES.index(s))) for s in EXCLUDED_STATUSES}
-    excluded["placed_after_as_of"] = int(np.count_nonzero(future))
-
-    total = orders["total_amount"].to_numpy(dtype=np.float64, na_value=np.nan)
-    bad_total = valid & ~(np.isfinite(total) & (total >= 0))
-    if bad_total.any():
-        raise ProfileInputError(f"orders.total_amount is null, negative or not finite; order_id: {examples(ids[bad_total])}")  # fmt: skip
-    currencies = sorted(set(cust.currency))
-    market_currency = np.array([currencies.index(c) for c in cust.currency])
-    wrong = valid & (_codes(orders["currency"], currencies) != market_currency[cust.market[customer]])
-    if wrong.any():
-        raise ProfileInputError(
-            f"orders.currency differs from the currency of the customer's market; order_id: {examples(ids[wrong])}"
-        )
-    discounted = _numbers(orders, "discount_amount", missing=0.0) > 0
-    if "coupon_code" in orders.columns:
-        coupon = orders["coupon_code"]
-        discounted |= (coupon.astype("str").str.strip().str.len() > 0).fillna(False).to_numpy(dtype=bool)
-    return _Orders(ids, customer, placed, total, discounted, valid, excluded)
-
-
-def _numbers(frame: pd.DataFrame, column: str, missing: float = np.nan) -> np.ndarray:
-    """A numeric column as a numpy array, without a copy when it already is one; nulls -> ``missing``."""
-    series = frame[column]
-    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iuf":
-        values = series.to_numpy()
-        if series.dtype.kind == "f" and not np.isnan(missing) and np.isnan(values).any():
-            values = np.where(np.isnan(values), missing, values)
-        return values
-    return series.to_numpy(dtype=np.float64, na_value=missing)
-
-
-def _category_spend(
-    order_items: pd.DataFrame, products: pd.DataFrame, orders: _Orders
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Per order line: customer position, category code (len(names) when uncategorised) and spend
-    (quantity x unit price - line discount; 0 for lines of excluded orders); and the sorted category names."""
-    require_columns(order_items, "order_items", ["order_item_id", "order_id", "product_id", "quantity", "unit_price"])
-    require_columns(products, "products", ["product_id", "category"])
-    item_ids = order_items["order_item_id"].to_numpy()
-    order_pos = locate(orders.ids, int_keys(order_items, "order_items", "order_id", "order_item_id"))
-    if (order_pos < 0).any():
-        raise ProfileInputError(f"order_items reference unknown orders; order_item_id: {examples(item_ids[order_pos < 0])}")  # fmt: skip
-    product_ids = int_keys(products, "products", "product_id")
-    unique_or_fail(product_ids, "products", "product_id")
-    product_pos = locate(product_ids, int_keys(order_items, "order_items", "product_id", "order_item_id"))
-    if (product_pos < 0).any():
-        raise ProfileInputError(
-            f"order_items reference unknown products; order_item_id: {examples(item_ids[product_pos < 0])}"
-        )
-    counted = orders.valid[order_pos]
-    spend = _numbers(order_items, "quantity") * _numbers(order_items, "unit_price")
-    if "discount_amount" in order_items.columns:
-        spend = spend - _numbers(order_items, "discount_amount", missing=0.0)
-    bad = counted & ~np.isfinite(spend)
-    if bad.any():
-        raise ProfileInputError(
-            f"order_items.quantity or unit_price is null or not finite; order_item_id: {examples(item_ids[bad])}"
-        )
-    spend = np.where(counted, spend, 0.0)
-    category_codes, names = pd.factorize(products["category"], sort=True)
-    category_codes = np.where(category_codes < 0, len(names), category_codes)
-    return orders.customer[order_pos], category_codes[product_pos], spend, [str(n) for n in names]
-
-
-def _favourites(customer: np.ndarray, category: np.ndarray, spend: np.ndarray, names: list[str], n: int):
-    """Top three categories by positive spend per customer (ties by name) as an Arrow list column."""
-    n_cat = len(names)
-    width = n_cat + 1  # the last column collects uncategorised lines and is never chosen
-    if n * width <= 1 << 26:
-        # Dense (customers x categories) totals, then three argmax passes: argmax takes the first
-        # maximum, and categories are numbered in name order, so ties go to the earlier name.
-        totals = np.bincount(customer * width + category, weights=spend, minlength=n * width).reshape(n, width)
-        totals[:, n_cat] = 0.0  # uncategorised: never a favourite (zeroed, not sliced: argmax is slow on views)
-        rows = np.arange(n)
-        top = np.full((n, 3), -1, dtype=np.int64)
-        for rank in range(min(3, n_cat)):
-            best = totals.argmax(axis=1)
-            found = totals[rows, best] > 0
-            top[found, rank] = best[found]
-            totals[rows, best] = 0.0
-        counts = (top >= 0).sum(axis=1)
-        chosen = top[top >= 0]  # row-major: each customer's picks in rank order
-    else:  # many categories: sort the (customer, category) pairs instead
-        has = (category < n_cat) & (spend > 0)
-        pairs, inverse = np.unique(customer[has] * width + category[has], return_inverse=True)
-        pair_spend = np.bincount(inverse.ravel(), weights=spend[has])
-        positive = pair_spend > 0
-        pair_customer, pair_category, pair_spend = (
-            pairs[positive] // width,
-            pairs[positive] % width,
-            pair_spend[positive],
-        )
-        order = np.lexsort((pair_category, -pair_spend, pair_customer))
-        pair_customer, pair_category = pair_customer[order], pair_category[order]
-        starts = np.ones(len(pair_customer), dtype=bool)
-        starts[1:] = pair_customer[1:] != pair_customer[:-1]
-        group_start = np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))
-        keep = (np.arange(len(starts)) - group_start) < 3
-        counts = np.bincount(pair_customer[keep], minlength=n)
-        chosen = pair_category[keep]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    values = pa.array(names, pa.string()).take(pa.array(chosen, pa.int64()))
-    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), values))
-
-
-def _zones(customers: pd.DataFrame, cust: _Customers, markets: MarketConfig) -> tuple[np.ndarray, list[str]]:
-    """Resolved IANA zone (code, names) per sorted customer; resolution runs once per distinct input combination."""
-    from remarketing.timing.send_windows import resolve_time_zones
-
-    columns = {"market": np.asarray(cust.codes, dtype=object)[cust.market]}
-    key = cust.market.copy()
-    for name in ("time_zone", "country", "region"):
-        if name in customers.columns:
-            codes, uniques = pd.factorize(customers[name])
-            codes = codes[cust.rows]
-            key = key * (len(uniques) + 1) + (codes + 1)
-            labels = np.asarray([*uniques, None], dtype=object)
-            columns[name] = labels[np.where(codes >= 0, codes, len(uniques))]
-        else:
-            columns[name] = np.full(len(cust.ids), None, dtype=object)
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    distinct = pd.DataFrame({name: values[first] for name, values in columns.items()})
-    resolved = resolve_time_zones(distinct, markets)["time_zone"].to_numpy(dtype=object)
-    zone_codes, zone_names = pd.factorize(resolved)
-    return zone_codes[inverse.ravel()], [str(z) for z in zone_names]
-
-
-def _preferred_hour(history, zone: np.ndarray, zone_names: list[str], n: int) -> np.ndarray:
-    """Mode of the local order hour per customer (-1 without orders; ties to the earlier hour)."""
-    customer, t = history.order_customer, history.order_time
-    hours = np.empty(len(t), dtype=np.int64)
-    order_zone = zone[customer]
-    for code, name in enumerate(zone_names):
-        sel = order_zone == code
-        if sel.any():
-            local = pd.DatetimeIndex(t[sel].astype("datetime64[us]")).tz_localize(UTC).tz_convert(name)
-            hours[sel] = local.hour
-    if not len(t):
-        return np.full(n, -1, dtype=np.int64)
-    counts = np.bincount(customer * 24 + hours, minlength=n * 24).reshape(n, 24)
-    best = counts.argmax(axis=1)
-    return np.where(history.purchase_days > 0, best, -1)
-
-
-def _scores(values: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """1..5 within each group: 1 + floor(5 (rank - 1/2) / n) with the average rank; ties share a score."""
-    if not len(values):
-        return np.empty(0, dtype=np.int64)
-    rank = pd.Series(values).groupby(group).rank(method="average").to_numpy()
-    twice = np.rint(rank * 2).astype(np.int64)  # average ranks are multiples of 1/2: exact integers
-    n = np.bincount(group)[group]
-    return 1 + (5 * (twice - 1)) // (2 * n)
 
 
 # ---------------------------------------------------------------------------------------------
 # the computation
 
 
-@_profile_errors
-def compute_rfm(customers: pd.DataFrame, orders: pd.DataFrame, *, markets: MarketConfig, as_of: datetime):
-    """RFM alone (recency, frequency, monetary, scores) for every customer; the same figures as the profiles."""
-    as_of_us = _as_of_us(as_of)
-    cust = _read_customers(customers, markets)
-    ords = _read_orders(orders, cust, as_of_us)
-    history = purchase_history(ords.customer[ords.valid], ords.placed[ords.valid], len(cust.ids))
-    rfm = _rfm(cust, ords, history, as_of_us)
-    return pd.DataFrame(
-        {
-            "customer_id": cust.ids,
-            "market": _labels(cust.codes, cust.market),
-            **{k: rfm[k] for k in ("recency_days", "frequency", "monetary")},
-            **{k: pd.arrays.IntegerArray(rfm[k], ~rfm["buyer"]) for k in ("r_score", "f_score", "m_score")},
-        }
-    )
-
-
-def _rfm(cust: _Customers, ords: _Orders, history, as_of_us: int) -> dict[str, np.ndarray]:
-    n = len(cust.ids)
-    valid_customer = ords.customer[ords.valid]
-    frequency = np.bincount(valid_customer, minlength=n).astype(np.int64)
-    monetary = np.bincount(valid_customer, weights=ords.total[ords.valid], minlength=n)
-    buyer = frequency > 0
-    recency = np.where(buyer, (as_of_us - history.last_at) / DAY_US, np.nan)
-    rows = np.flatnonzero(buyer)
-    group = cust.market[rows]
-    r_score = np.zeros(n, dtype=np.int64)
-    f_score = np.zeros(n, dtype=np.int64)
-    m_score = np.zeros(n, dtype=np.int64)
-    r_score[rows] = _scores(history.last_at[rows].astype(np.float64), group)
-    f_score[rows] = _scores(frequency[rows].astype(np.float64), group)
-    m_score[rows] = _scores(monetary[rows], group)
-    return {
-        "buyer": buyer, "recency_days": recency, "frequency": frequency, "monetary": monetary,
-        "r_score": r_score, "f_score": f_score, "m_score": m_score,
-    }  # fmt: skip
-
-
-def _repurchase_intervals(history, cust: _Customers, config: LifecycleConfig) -> tuple[np.ndarray, list[str]]:
-    """Per market code: the at-risk threshold in days and where it came from."""
-    gap_market = cust.market[history.gap_customer]
-    days = np.empty(len(cust.codes))
-    sources: list[str] = []
-    for code_index, code in enumerate(cust.codes):
-        rule = config.for_market(code).at_risk
-        gaps = history.gaps_days[gap_market == code_index]
-        if len(gaps) >= rule.min_gaps:
-            raw, source = float(np.quantile(gaps, rule.interval_quantile)), "market"
-        elif len(history.gaps_days) >= rule.min_gaps:
-            raw, source = float(np.quantile(history.gaps_days, rule.interval_quantile)), "pooled"
-        else:
-            raw, source = rule.default_interval_days / rule.interval_factor, "default"
-        days[code_index] = min(max(raw * rule.interval_factor, rule.min_interval_days), rule.max_interval_days)
-        sources.append(source)
-    return days, sources
-
-
-def _engagement(engagement: pd.DataFrame | None, cust: _Customers, as_of_us: int, config: LifecycleConfig):
-    n = len(cust.ids)
-    last_open = np.full(n, _NAT, dtype=np.int64)
-    last_click = np.full(n, _NAT, dtype=np.int64)
-    if engagement is None:
-        return None, last_open, last_click, 0
-    require_columns(engagement, "engagement", ["customer_id", "last_open_at", "last_click_at"])
-    ids = int_keys(engagement, "engagement", "customer_id")
-    unique_or_fail(ids, "engagement", "customer_id")
-    pos = locate(cust.ids, ids)
-    known = pos >= 0
-    last_open[pos[known]] = utc_micros(engagement, "engagement", "last_open_at", "customer_id")[known]
-    last_click[pos[known]] = utc_micros(engagement, "engagement", "last_click_at", "customer_id")[known]
-    rule = config.engagement
-    has_open, has_click = last_open != _NAT, last_click != _NAT
-    click_age = np.where(has_click, (as_of_us - last_click) / DAY_US, np.inf)
-    open_age = np.where(has_open, (as_of_us - last_open) / DAY_US, np.inf)
-    level = np.select(
-        [click_age <= rule.high_click_days, np.minimum(click_age, open_age) <= rule.medium_days, has_open | has_click],
-        [0, 1, 2],
-        3,
-    )
-    return level, last_open, last_click, int(np.count_nonzero(~known))
-
-
-@_profile_errors
+@profile_errors
 def compute_profiles(
     customers: pd.DataFrame,
     orders: pd.DataFrame,
@@ -535,29 +194,49 @@ def compute_profiles(
         seconds[name] = now - clock
         clock = now
 
-    as_of_us = _as_of_us(as_of)
+    as_of_us = as_of_micros(as_of)
     unknown = sorted(set(config.markets) - set(markets.codes))
     if unknown:
         raise LifecycleConfigError(f"lifecycle overrides for markets that are not configured: {', '.join(unknown)}")
-    cust = _read_customers(customers, markets)
-    ords = _read_orders(orders, cust, as_of_us)
-    n = len(cust.ids)
+    cust = read_customers(customers, markets)
+    ords = read_orders(orders, cust, as_of_us)
     lap("read")
 
-    history = purchase_history(ords.customer[ords.valid], ords.placed[ords.valid], n)
-    rfm = _rfm(cust, ords, history, as_of_us)
-    buyer = rfm["buyer"]
+    history = purchase_history(ords.customer[ords.valid], ords.placed[ords.valid], len(cust.ids))
+    rfm = rfm_figures(cust, ords, history, as_of_us)
     lap("rfm")
 
-    item_customer, item_category, item_spend, categories = _category_spend(order_items, products, ords)
-    favourites = _favourites(item_customer, item_category, item_spend, categories, n)
-    discounted = np.bincount(ords.customer[ords.valid], weights=ords.discounted[ords.valid], minlength=n)
-    zone, zone_names = _zones(customers, cust, markets)
-    hour = _preferred_hour(history, zone, zone_names, n)
+    tags = customer_tags(customers, order_items, products, cust, ords, history, markets)
     lap("tags")
 
+    rows = np.flatnonzero(rfm["buyer"])
+    fits, alive, expected = _purchase_model(cust, history, rows, as_of_us, config, model_fits)
+    lap("model")
+
+    stages = _stages(cust, rfm, history, alive, rows, as_of_us, config)
+    segments = rfm_segments(rfm, config)
+    engaged = _engagement(engagement, cust, as_of_us, config)
+    lap("stages")
+
+    profiles = _profile_frame(cust, history, rfm, stages.stage, segments, tags, alive, expected, engaged, as_of_us)
+    stats = _market_stats(cust, rows, stages, fits)
+    excluded = dict(ords.excluded)
+    excluded["engagement_rows_without_customer"] = engaged[3]
+    lap("assemble")
+    return ProfileResult(profiles, fits, stats, excluded, as_of.astimezone(UTC), seconds)
+
+
+def _purchase_model(
+    cust: Customers,
+    history: PurchaseHistory,
+    rows: np.ndarray,
+    as_of_us: int,
+    config: LifecycleConfig,
+    model_fits: Mapping[str, ModelFit | Mapping] | None,
+) -> tuple[dict[str, ModelFit], np.ndarray, np.ndarray]:
+    """Per-market BG/NBD fits over the buyers ``rows``, and p_alive / expected purchases (NaN without a model)."""
+    n = len(cust.ids)
     x, t_x, T = history.model_inputs(as_of_us)
-    rows = np.flatnonzero(buyer)
     market_labels = np.asarray(cust.codes, dtype=object)
     fits = fit_market_models(
         market_labels[cust.market[rows]], cust.ids[rows], x[rows], t_x[rows], T[rows],
@@ -571,9 +250,29 @@ def compute_profiles(
         sel = rows[cust.market[rows] == cust.codes.index(code)]
         alive[sel] = p_alive(fit.params, x[sel], t_x[sel], T[sel])
         expected[sel] = expected_purchases(fit.params, HORIZON_DAYS, x[sel], t_x[sel], T[sel])
-    lap("model")
+    return fits, alive, expected
 
-    # ---- stages: thresholds per market, then the first matching rule per customer
+
+@dataclass
+class _Stages:
+    """Stage codes per customer and the per-market thresholds behind them (reported in the market stats)."""
+
+    stage: np.ndarray
+    interval: np.ndarray  # at-risk threshold in days, per market code
+    interval_source: list[str]
+    vip_monetary: np.ndarray  # VIP spend threshold, per market code (NaN without buyers)
+
+
+def _stages(
+    cust: Customers,
+    rfm: dict[str, np.ndarray],
+    history: PurchaseHistory,
+    alive: np.ndarray,
+    rows: np.ndarray,
+    as_of_us: int,
+    config: LifecycleConfig,
+) -> _Stages:
+    """Thresholds per market, then the first matching rule per customer in STAGE_PRECEDENCE."""
     interval, interval_source = _repurchase_intervals(history, cust, config)
     thresholds = [config.for_market(code) for code in cust.codes]
     new_days = np.array([t.new_days for t in thresholds])[cust.market]
@@ -585,6 +284,7 @@ def compute_profiles(
         spend = rfm["monetary"][rows[cust.market[rows] == k]]
         if len(spend):
             vip_monetary[k] = np.quantile(spend, t.vip.monetary_quantile)
+    buyer = rfm["buyer"]
     recency = rfm["recency_days"]
     since_first = np.where(buyer, (as_of_us - history.first_at) / DAY_US, np.nan)
     with np.errstate(invalid="ignore"):
@@ -594,65 +294,119 @@ def compute_profiles(
             "dormant": (alive < dormant_p) | (recency > dormant_days),
             "at_risk": recency > interval[cust.market],
             "vip": (rfm["frequency"] >= vip_orders) & (rfm["monetary"] >= vip_monetary[cust.market]),
-            "active": np.ones(n, dtype=bool),
+            "active": np.ones(len(cust.ids), dtype=bool),
         }
     stage = np.select([conditions[s] for s in STAGE_PRECEDENCE], [STAGES.index(s) for s in STAGE_PRECEDENCE])
+    return _Stages(stage, interval, interval_source, vip_monetary)
 
-    fm = (rfm["f_score"] + rfm["m_score"] + 1) // 2
-    segment_names = sorted({name for row in config.rfm_segments.values() for name in row})
-    grid = np.zeros((6, 6), dtype=np.int64)
-    for r, row in config.rfm_segments.items():
-        grid[r, 1:] = [segment_names.index(name) for name in row]
-    segment = np.where(buyer, grid[rfm["r_score"], fm], -1)
-    level, last_open, last_click, unmatched = _engagement(engagement, cust, as_of_us, config)
-    lap("stages")
 
+def _profile_frame(
+    cust: Customers,
+    history: PurchaseHistory,
+    rfm: dict[str, np.ndarray],
+    stage: np.ndarray,
+    segments: tuple[np.ndarray, list[str]],
+    tags: tuple,
+    alive: np.ndarray,
+    expected: np.ndarray,
+    engaged: tuple,
+    as_of_us: int,
+) -> pd.DataFrame:
+    """The profiles frame in PROFILE_COLUMNS order, built from the arrays without copies."""
+    n = len(cust.ids)
+    buyer = rfm["buyer"]
+    segment, segment_names = segments
+    favourites, discounted, hour = tags
+    level, last_open, last_click, _ = engaged
     with np.errstate(invalid="ignore", divide="ignore"):
-        profiles = pd.DataFrame(
+        return pd.DataFrame(
             copy=False,
             data={
                 "customer_id": cust.ids,
-                "market": _labels(cust.codes, cust.market),
-                "currency": _labels(cust.currency, cust.market),
-                "stage": _labels(STAGES, stage),
-                "recency_days": recency,
+                "market": code_labels(cust.codes, cust.market),
+                "currency": code_labels(cust.currency, cust.market),
+                "stage": code_labels(STAGES, stage),
+                "recency_days": rfm["recency_days"],
                 "frequency": rfm["frequency"],
                 "monetary": rfm["monetary"],
                 **{k: pd.arrays.IntegerArray(rfm[k], ~buyer) for k in ("r_score", "f_score", "m_score")},
-                "rfm_segment": _labels(segment_names, segment),
+                "rfm_segment": code_labels(segment_names, segment),
                 "favourite_categories": favourites,
                 "price_sensitivity": np.where(buyer, discounted / np.maximum(rfm["frequency"], 1), np.nan),
                 "avg_order_value": np.where(buyer, rfm["monetary"] / np.maximum(rfm["frequency"], 1), np.nan),
                 "preferred_purchase_hour": pd.arrays.IntegerArray(np.maximum(hour, 0), hour < 0),
-                "engagement_level": _labels(ENGAGEMENT_LEVELS, np.full(n, -1) if level is None else level),
+                "engagement_level": code_labels(ENGAGEMENT_LEVELS, np.full(n, -1) if level is None else level),
                 "last_open_at": _timestamps(last_open),
                 "last_click_at": _timestamps(last_click),
                 "p_alive": alive,
                 "expected_purchases_90d": expected,
-                "first_order_at": _timestamps(np.where(buyer, history.first_at, _NAT)),
-                "last_order_at": _timestamps(np.where(buyer, history.last_at, _NAT)),
+                "first_order_at": _timestamps(np.where(buyer, history.first_at, NAT)),
+                "last_order_at": _timestamps(np.where(buyer, history.last_at, NAT)),
                 "computed_at": _timestamps(np.full(n, as_of_us, dtype=np.int64)),
             },
         )
 
+
+def _market_stats(cust: Customers, rows: np.ndarray, stages: _Stages, fits: dict[str, ModelFit]) -> pd.DataFrame:
+    """Per market with customers: counts, the thresholds used and the model's source, for the run's summary."""
     present = np.bincount(cust.market, minlength=len(cust.codes)) > 0
     buyers_per_market = np.bincount(cust.market[rows], minlength=len(cust.codes))
-    stats = pd.DataFrame(
+    return pd.DataFrame(
         {
             "market": cust.codes,
             "currency": cust.currency,
             "customers": np.bincount(cust.market, minlength=len(cust.codes)),
             "buyers": buyers_per_market,
-            "repurchase_interval_days": interval,
-            "interval_source": interval_source,
-            "vip_monetary_threshold": vip_monetary,
+            "repurchase_interval_days": stages.interval,
+            "interval_source": stages.interval_source,
+            "vip_monetary_threshold": stages.vip_monetary,
             "model": [fits[c].source if c in fits else "none" for c in cust.codes],
         }
     )[present].reset_index(drop=True)
-    excluded = dict(ords.excluded)
-    excluded["engagement_rows_without_customer"] = unmatched
-    lap("assemble")
-    return ProfileResult(profiles, fits, stats, excluded, as_of.astimezone(UTC), seconds)
+
+
+def _repurchase_intervals(history, cust: Customers, config: LifecycleConfig) -> tuple[np.ndarray, list[str]]:
+    """Per market code: the at-risk threshold in days and where it came from."""
+    gap_market = cust.market[history.gap_customer]
+    days = np.empty(len(cust.codes))
+    sources: list[str] = []
+    for code_index, code in enumerate(cust.codes):
+        rule = config.for_market(code).at_risk
+        gaps = history.gaps_days[gap_market == code_index]
+        if len(gaps) >= rule.min_gaps:
+            raw, source = float(np.quantile(gaps, rule.interval_quantile)), "market"
+        elif len(history.gaps_days) >= rule.min_gaps:
+            raw, source = float(np.quantile(history.gaps_days, rule.interval_quantile)), "pooled"
+        else:
+            raw, source = rule.default_interval_days / rule.interval_factor, "default"
+        days[code_index] = min(max(raw * rule.interval_factor, rule.min_interval_days), rule.max_interval_days)
+        sources.append(source)
+    return days, sources
+
+
+def _engagement(engagement: pd.DataFrame | None, cust: Customers, as_of_us: int, config: LifecycleConfig):
+    n = len(cust.ids)
+    last_open = np.full(n, NAT, dtype=np.int64)
+    last_click = np.full(n, NAT, dtype=np.int64)
+    if engagement is None:
+        return None, last_open, last_click, 0
+    require_columns(engagement, "engagement", ["customer_id", "last_open_at", "last_click_at"])
+    ids = int_keys(engagement, "engagement", "customer_id")
+    unique_or_fail(ids, "engagement", "customer_id")
+    pos = locate(cust.ids, ids)
+    known = pos >= 0
+    last_open[pos[known]] = utc_micros(engagement, "engagement", "last_open_at", "customer_id")[known]
+    last_click[pos[known]] = utc_micros(engagement, "engagement", "last_click_at", "customer_id")[known]
+    rule = config.engagement
+    has_open, has_click = last_open != NAT, last_click != NAT
+    click_age = np.where(has_click, (as_of_us - last_click) / DAY_US, np.inf)
+    open_age = np.where(has_open, (as_of_us - last_open) / DAY_US, np.inf)
+    level = np.select(
+        [click_age <= rule.high_click_days, np.minimum(click_age, open_age) <= rule.medium_days, has_open | has_click],
+        [0, 1, 2],
+        3,
+    )
+    return level, last_open, last_click, int(np.count_nonzero(~known))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,7 +424,7 @@ def _stage_frame(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray
     return ids, stage
 
 
-@_profile_errors
+@profile_errors
 def stage_transitions(previous: pd.DataFrame | None, current: pd.DataFrame, *, as_of: datetime) -> pd.DataFrame:
     """Customers whose stage changed since ``previous``: customer_id, market, from_stage, to_stage, changed_on.
 
@@ -679,7 +433,7 @@ def stage_transitions(previous: pd.DataFrame | None, current: pd.DataFrame, *, a
     starts at the first run, so a first run never claims that everyone "became" their stage.
     Customers in ``previous`` but not in ``current`` are not transitions (they left the store).
     """
-    changed_on = pd.Timestamp(_as_of_us(as_of), unit="us", tz=UTC).date()
+    changed_on = pd.Timestamp(as_of_micros(as_of), unit="us", tz=UTC).date()
     ids, stage = _stage_frame(current, "current")
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in TRANSITION_COLUMNS}).astype({"customer_id": np.int64})
     if previous is None or len(previous) == 0:

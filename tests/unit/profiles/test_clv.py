@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from demo_shop.generator import generate_store
+from remarketing.profiles.calibration import calibration_report
 from remarketing.profiles.clv import (
     BgNbdParams,
     ModelFit,
     _Objective,
-    calibration_report,
     expected_purchases,
     expected_purchases_closed_form,
     fit_bgnbd,

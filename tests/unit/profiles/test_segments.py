@@ -25,13 +25,9 @@ from remarketing.profiles.config import (
     load_lifecycle_config,
     parse_lifecycle_config,
 )
-from remarketing.profiles.lifecycle import (
-    PROFILE_COLUMNS,
-    ProfileInputError,
-    compute_profiles,
-    compute_rfm,
-    stage_transitions,
-)
+from remarketing.profiles.inputs import ProfileInputError
+from remarketing.profiles.lifecycle import PROFILE_COLUMNS, compute_profiles, stage_transitions
+from remarketing.profiles.rfm import compute_rfm
 from remarketing.profiles.store import load_profiles, segment_history, transitions_since, write_profiles
 
 AS_OF = datetime(2026, 3, 1, tzinfo=UTC)

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from remarketing.markets import load_markets
 from remarketing.profiles.config import DEFAULT_LIFECYCLE_FILE, STAGES, parse_lifecycle_config
-from remarketing.profiles.lifecycle import _scores, compute_profiles
+from remarketing.profiles.lifecycle import compute_profiles
+from remarketing.profiles.rfm import _scores
 
 AS_OF = datetime(2026, 5, 1, 12, tzinfo=UTC)
 MARKETS = load_markets()
