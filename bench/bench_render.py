@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from bench.run import entry
 from remarketing.content.cart_links import signed_cart_link
-from remarketing.content.engine import SHARED_PLACEHOLDERS, MailRenderer, substitutions_for
+from remarketing.content.renderer import SHARED_PLACEHOLDERS, MailRenderer, substitutions_for
 from remarketing.flows.campaigns.mail import campaign_context
 from remarketing.flows.cart_recovery.mail import cart_recovery_context
 from remarketing.markets import load_markets

@@ -1,4 +1,4 @@
-"""Catalogue maintenance: the msgids of the templates and the engine, as a .pot for translators.
+"""Catalogue maintenance: the msgids of the templates and the renderer's greetings, as a .pot for translators.
 
 python -m remarketing.content.catalogues --pot include/locale/messages.pot
 """
@@ -9,12 +9,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from remarketing.content import engine
-from remarketing.content.engine import LOCALE_DIR, PACKAGE_ROOT, TEMPLATES_DIR
+from remarketing.content import renderer
+from remarketing.content.paths import LOCALE_DIR, PACKAGE_ROOT, TEMPLATES_DIR
 
 
 def extract_messages(templates_dir: Path | None = None):
-    """All msgids: the templates' gettext calls and trans blocks, and the greetings above."""
+    """All msgids: the templates' gettext calls and trans blocks, and the renderer's greetings."""
     from babel.messages.catalog import Catalog
     from babel.messages.extract import extract_from_file
 
@@ -27,7 +27,7 @@ def extract_messages(templates_dir: Path | None = None):
         "newstyle_gettext": "true",
     }
     sources = [(path, "jinja2.ext.babel_extract", options) for path in sorted(templates_dir.rglob("*.j2"))]
-    sources.append((Path(engine.__file__), "python", {}))
+    sources.append((Path(renderer.__file__), "python", {}))
     for path, method, opts in sources:
         keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "pgettext": ((1, "c"), 2)}
         for lineno, message, comments, context in extract_from_file(method, str(path), keywords=keywords, options=opts):

@@ -1,7 +1,8 @@
 """What every mail's template context is built from: locale, zone, base fields, products, links.
 
 Flows build their own contexts (``flows/<flow>/mail.py``) from these pieces; a missing or
-malformed value raises RenderError naming the template, locale and field.
+malformed value raises RenderError naming the template, locale and field. ``MAX_ITEMS_SHOWN`` and
+``MAX_GRID_PRODUCTS`` cap how many cart lines and grid products a mail shows.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from remarketing.content.engine import (
-    MAX_GRID_PRODUCTS,
-    SOURCE_LOCALE,
-    RenderError,
-    normalize_locale,
-    quantize_amount,
-    to_decimal,
-)
+from remarketing.content.amounts import quantize_amount, to_decimal
+from remarketing.content.errors import RenderError
+from remarketing.content.locales import SOURCE_LOCALE, normalize_locale
 from remarketing.markets import Market
+
+MAX_ITEMS_SHOWN = 20  # a bigger cart shows its first 20 lines and "and N more"
+MAX_GRID_PRODUCTS = 12
 
 
 def mail_locale(customer: Mapping[str, Any] | None, market: Market) -> str:

@@ -17,7 +17,7 @@ from remarketing.platform.clock import now_or_clock
 from remarketing.platform.state import chunks
 
 CHUNK = 500
-ENGAGEMENT_KINDS = {"open": "open", "click": "click"}  # event -> send_windows.EVENT_WEIGHTS kind
+ENGAGEMENT_KINDS = {"open": "open", "click": "click"}  # event -> best_hour.EVENT_WEIGHTS kind
 
 feedback_metadata = sa.MetaData()
 email_events = sa.Table(
@@ -112,7 +112,8 @@ def best_hours(engine: sa.Engine, customers: pd.DataFrame, markets, *, since: da
     ``customers``: customer_id, market, time_zone (country, region help resolve the zone).
     Customers without events are left out: their send time stays the market's window as before.
     """
-    from remarketing.timing.send_windows import personal_best_hour, resolve_time_zones
+    from remarketing.timing.best_hour import personal_best_hour
+    from remarketing.timing.send_windows import resolve_time_zones
 
     events = engagement_events(engine, since=since)
     empty = pd.DataFrame({"customer_id": pd.Series(dtype="int64"), "best_hour": pd.Series(dtype="Int64")})

@@ -31,7 +31,7 @@ class SharedContentRenderer:
         custom_args: Callable[[tuple], Mapping[str, str]] = lambda key: {},
         renderer=None,
     ):
-        from remarketing.content.engine import MailRenderer
+        from remarketing.content.renderer import MailRenderer
 
         self.flow = flow
         self.market = market
@@ -45,7 +45,7 @@ class SharedContentRenderer:
         self.samples: dict[tuple, Any] = {}
 
     def _mail(self, key: tuple, locale: str):
-        from remarketing.content.engine import SHARED_PLACEHOLDERS
+        from remarketing.content.renderer import SHARED_PLACEHOLDERS
 
         cache_key = (*key, locale)
         if cache_key not in self._mails:
@@ -57,7 +57,7 @@ class SharedContentRenderer:
         return self._mails[cache_key]
 
     def __call__(self, chunk):
-        from remarketing.content.engine import SHARED_PLACEHOLDERS, substitutions_for
+        from remarketing.content.renderer import SHARED_PLACEHOLDERS, substitutions_for
         from remarketing.delivery.compose import marketing_message, marketing_recipient, unsubscribe_link
         from remarketing.delivery.send_step import RenderFailure
 

@@ -1,4 +1,7 @@
-"""Localized send-time windows: customer time zones, allowed send instants, personal best hour.
+"""Localized send-time windows: customer time zones, allowed send instants, placing a send at a best hour.
+
+The best hour itself (from a customer's opens, clicks and orders) comes from
+:mod:`remarketing.timing.best_hour`.
 
 Why this module exists: a remarketing email must land when the customer can read it, in the
 customer's own local time, never in the market's quiet hours, never on a public holiday the market
@@ -45,45 +48,6 @@ REASON_MISSING_EARLIEST = "missing_earliest_at"
 REASON_INVALID_ZONE = "invalid_time_zone"
 TZ_SOURCES = ("profile", "region", "country", "market_default")
 
-# Event weights for the personal histogram: a click or an order is deliberate, an open is not
-# (Apple Mail Privacy Protection and image proxies "open" at fetch time, not read time).
-EVENT_WEIGHTS = {"open": 1.0, "click": 2.0, "order": 3.0}
-# Circular smoothing over neighbouring hours: an open at 14:10 says something about 13:00 and 15:00 too.
-SMOOTHING_KERNEL = np.array([0.25, 0.5, 0.25])
-# Pseudo-events of the default curve mixed into a market's pooled histogram, so a market with a
-# handful of events leans on the default and a market with thousands speaks for itself.
-MARKET_DEFAULT_PSEUDO_EVENTS = 200.0
-# Default engagement curve by local hour (relative weights): a mid-morning peak (10:00), a lunch
-# shoulder and an evening peak (19:00-20:00), almost nothing at night.
-DEFAULT_HOUR_CURVE = np.array(
-    [
-        0.2,
-        0.1,
-        0.1,
-        0.1,
-        0.1,
-        0.2,
-        0.5,
-        1.2,
-        2.2,
-        3.2,
-        3.8,
-        3.4,
-        3.0,
-        2.8,
-        2.5,
-        2.4,
-        2.5,
-        2.8,
-        3.3,
-        3.7,
-        3.6,
-        2.8,
-        1.6,
-        0.6,
-    ]
-)
-
 _NS = 1_000_000_000
 _DAY_S = 86_400
 _MINUTES = 1_440
@@ -119,11 +83,13 @@ def _single_zone_of_country(country: str) -> str | None:
     return zones[0] if len(zones) == 1 else None
 
 
-def _markets(markets: MarketConfig | None) -> MarketConfig:
+def markets_or_default(markets: MarketConfig | None) -> MarketConfig:
+    """The given market configuration, else the shipped one (config/markets.yaml)."""
     return markets if markets is not None else load_markets()
 
 
-def _check_markets(codes: pd.Series, cfg: MarketConfig) -> None:
+def check_markets(codes: pd.Series, cfg: MarketConfig) -> None:
+    """Every row needs a configured market: its calendar and zones come from there."""
     unknown = sorted(set(pd.unique(codes.dropna())) - set(cfg.codes))
     if unknown or codes.isna().any():
         raise ValueError(f"rows with unknown or missing market {unknown or [None]}; configured: {', '.join(cfg.codes)}")
@@ -145,9 +111,9 @@ def resolve_time_zones(customers: pd.DataFrame, markets: MarketConfig | None = N
 
     Returns a copy with the same index and order, ``time_zone`` resolved and ``tz_source`` added.
     """
-    cfg = _markets(markets)
+    cfg = markets_or_default(markets)
     out = customers.copy()
-    _check_markets(out["market"], cfg)
+    check_markets(out["market"], cfg)
     market = out["market"].astype(object)
     profile = out["time_zone"] if "time_zone" in out else pd.Series(None, index=out.index, dtype=object)
     country = out["country"] if "country" in out else pd.Series(None, index=out.index, dtype=object)
@@ -327,19 +293,53 @@ def compute_send_at(
     overriding the market's configured ``holidays.categories`` (default ``("public",)``).
     The result is never before ``now`` or ``earliest_at`` and never after ``now + horizon``.
     """
-    cfg = _markets(markets)
+    cfg = markets_or_default(markets)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     now_ns = pd.Timestamp(now).tz_convert("UTC").as_unit("ns").value
     limit_ns = now_ns + int(horizon.total_seconds() * _NS)
     out = audience.copy()
     n = len(out)
-    _check_markets(out["market"], cfg)
+    check_markets(out["market"], cfg)
 
     earliest = pd.to_datetime(out["earliest_at"], utc=True).to_numpy(dtype="datetime64[ns]").view("int64")
     missing = earliest == np.iinfo(np.int64).min
     candidate = np.maximum(earliest, now_ns)
+    invalid_zone, active, group_id, pairs = _group_rows(out, missing)
+    base_ns, stride, starts_all, ends_all, gid_all, choice_all = _slot_table(
+        cfg, pairs, now_ns, limit_ns, holiday_categories
+    )
 
+    send_at = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    beyond = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(active)
+    c = np.minimum(candidate[rows], limit_ns + 1)
+    key_rows = group_id * stride + (c - base_ns)
+    i = np.searchsorted(ends_all, key_rows, side="right")
+    i_safe = np.minimum(i, max(len(ends_all) - 1, 0))
+    found = (i < len(ends_all)) & (gid_all[i_safe] == group_id) if len(ends_all) else np.zeros(len(rows), bool)
+    first = np.maximum(key_rows, starts_all[i_safe] if len(starts_all) else key_rows)
+    result = first
+    if "best_hour" in out:
+        result = _at_best_hour(out["best_hour"], rows, found, first, i_safe, starts_all, choice_all)
+    send_at[rows[found]] = result[found] - group_id[found] * stride + base_ns
+    beyond[rows[~found]] = True
+
+    reason = np.full(n, None, dtype=object)
+    reason[beyond] = REASON_BEYOND_HORIZON
+    reason[invalid_zone] = REASON_INVALID_ZONE
+    reason[missing] = REASON_MISSING_EARLIEST
+    out["send_at"] = pd.Series(send_at.view("datetime64[ns]"), index=out.index).dt.tz_localize("UTC")
+    out["window_reason"] = pd.Series(reason, index=out.index, dtype=object)
+    return out
+
+
+def _group_rows(out: pd.DataFrame, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple]]:
+    """Rows by (market, zone), since one calendar serves a whole group; rows without a usable zone or date sit out.
+
+    Returns the invalid-zone mask, the active mask, each active row's group number and the
+    (market code, zone) of every group.
+    """
     market_codes, market_uniques = pd.factorize(out["market"], sort=False)
     zone_codes, zone_uniques = pd.factorize(out["time_zone"], sort=False, use_na_sentinel=True)
     zone_ok = np.array([is_valid_zone(z) for z in zone_uniques] + [False], dtype=bool)
@@ -347,19 +347,35 @@ def compute_send_at(
     group_key = market_codes.astype(np.int64) * (len(zone_uniques) + 1) + zone_codes
     active = ~missing & ~invalid_zone
     groups, group_id = np.unique(group_key[active], return_inverse=True)
+    pairs = [
+        (market_uniques[key // (len(zone_uniques) + 1)], zone_uniques[key % (len(zone_uniques) + 1)]) for key in groups
+    ]
+    return invalid_zone, active, group_id, pairs
 
+
+def _slot_table(
+    cfg: MarketConfig,
+    pairs: list[tuple],
+    now_ns: int,
+    limit_ns: int,
+    holiday_categories: dict[str, tuple[str, ...]] | None,
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every group's allowed slots in one sorted array, group g shifted by g x stride: one searchsorted serves all rows.
+
+    Returns ``base_ns`` and ``stride`` (to map a row's instant into the table and back), the
+    slots' starts and ends, their group numbers and the flattened best-hour choice table.
+    """
     # One UTC window for every group: candidates are >= now and results <= now + horizon.
     window_s = (now_ns // _NS - _DAY_S, limit_ns // _NS + _DAY_S + 1)
     base_ns = window_s[0] * _NS
     stride = (window_s[1] - window_s[0] + 1) * _NS
-    if stride * (len(groups) + 1) >= 2**62:
+    if stride * (len(pairs) + 1) >= 2**62:
         raise ValueError("horizon too long for this many (market, zone) groups")
     starts, ends, days, hours, gids, choices = [], [], [], [], [], []
     offset = 0
     categories = holiday_categories or {}
-    for g, key in enumerate(groups):
-        market = cfg[market_uniques[key // (len(zone_uniques) + 1)]]
-        zone = zone_uniques[key % (len(zone_uniques) + 1)]
+    for g, (code, zone) in enumerate(pairs):
+        market = cfg[code]
         u_start, u_end, day, hour = _zone_calendar(
             market, zone, window_s, tuple(categories.get(market.code, market.holidays.categories))
         )
@@ -377,107 +393,28 @@ def compute_send_at(
     ends_all = np.concatenate(ends) if ends else np.empty(0, np.int64)
     gid_all = np.concatenate(gids) if gids else np.empty(0, np.int64)
     choice_all = np.concatenate(choices).ravel() if choices else np.empty(0, np.int64)
-
-    send_at = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
-    beyond = np.zeros(n, dtype=bool)
-    rows = np.flatnonzero(active)
-    c = np.minimum(candidate[rows], limit_ns + 1)
-    key_rows = group_id * stride + (c - base_ns)
-    i = np.searchsorted(ends_all, key_rows, side="right")
-    i_safe = np.minimum(i, max(len(ends_all) - 1, 0))
-    found = (i < len(ends_all)) & (gid_all[i_safe] == group_id) if len(ends_all) else np.zeros(len(rows), bool)
-    first = np.maximum(key_rows, starts_all[i_safe] if len(starts_all) else key_rows)
-    result = first
-    if "best_hour" in out:
-        best = pd.to_numeric(out["best_hour"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[rows]
-        use = found & ~np.isnan(best) & (best >= 0) & (best <= 23)
-        if use.any():
-            j = choice_all[i_safe[use] * 24 + best[use].astype(np.int64)]
-            result = first.copy()
-            result[use] = np.where(j == i_safe[use], first[use], starts_all[j])
-    send_at[rows[found]] = result[found] - group_id[found] * stride + base_ns
-    beyond[rows[~found]] = True
-
-    reason = np.full(n, None, dtype=object)
-    reason[beyond] = REASON_BEYOND_HORIZON
-    reason[invalid_zone] = REASON_INVALID_ZONE
-    reason[missing] = REASON_MISSING_EARLIEST
-    out["send_at"] = pd.Series(send_at.view("datetime64[ns]"), index=out.index).dt.tz_localize("UTC")
-    out["window_reason"] = pd.Series(reason, index=out.index, dtype=object)
-    return out
+    return base_ns, stride, starts_all, ends_all, gid_all, choice_all
 
 
-# ---------------------------------------------------------------------------------------------
-# Personal best hour
+def _at_best_hour(
+    best_hour: pd.Series,
+    rows: np.ndarray,
+    found: np.ndarray,
+    first: np.ndarray,
+    i_safe: np.ndarray,
+    starts_all: np.ndarray,
+    choice_all: np.ndarray,
+) -> np.ndarray:
+    """Move each row with a usable ``best_hour`` to that hour's slot on the first allowed slot's local day.
 
-
-def _circular_smooth(hist: np.ndarray) -> np.ndarray:
-    """Smooth (..., 24) histograms over neighbouring hours, wrapping 23 -> 0."""
-    return sum(w * np.roll(hist, shift, axis=-1) for shift, w in zip((-1, 0, 1), SMOOTHING_KERNEL, strict=True))
-
-
-def personal_best_hour(
-    events: pd.DataFrame,
-    customers: pd.DataFrame,
-    markets: MarketConfig | None = None,
-    prior_strength: float = 10.0,
-) -> pd.DataFrame:
-    """Each customer's best local send hour, from few events, without a big list.
-
-    Per customer: the weighted local-hour histogram of their opens, clicks and orders
-    (``EVENT_WEIGHTS``), circularly smoothed. Prior: the market's pooled histogram of all its
-    customers' events, smoothed the same way, mixed with ``DEFAULT_HOUR_CURVE`` worth
-    ``MARKET_DEFAULT_PSEUDO_EVENTS`` events (a thin market leans on the default), normalized.
-    Posterior = own histogram + ``prior_strength`` x prior (Dirichlet pseudo-counts); the best hour
-    is its mode (ties to the earlier hour). Events of unknown kind or customer are ignored; an
-    invalid ``time_zone`` reads event hours in UTC. Three clicks at 14:00 beat a prior of 10 pseudo-events;
-    one stray open at 03:00 does not. No events: the market prior's mode.
-
-    Returns one row per customer, in ``customers`` order: ``customer_id, best_hour,
-    best_hour_events`` (the customer's event count) and ``best_hour_source``
-    (``personal`` when the customer has events, else ``market_prior``).
+    ``first`` (table instants of the first allowed slots ``i_safe``) stays where there is no best
+    hour, or where the chosen slot is the first one itself.
     """
-    cfg = _markets(markets)
-    cust = customers[["customer_id", "market", "time_zone"]].reset_index(drop=True)
-    _check_markets(cust["market"], cfg)
-    n = len(cust)
-    cust_pos = pd.Series(np.arange(n), index=pd.Index(cust["customer_id"]))
-    if not cust_pos.index.is_unique:
-        raise ValueError("customer_id must be unique in customers")
-
-    ev = events[["customer_id", "occurred_at", "kind"]]
-    weight = ev["kind"].map(EVENT_WEIGHTS).to_numpy(dtype=float)
-    pos = cust_pos.reindex(ev["customer_id"]).to_numpy(dtype=float)
-    occurred = pd.to_datetime(ev["occurred_at"], utc=True)
-    keep = ~np.isnan(weight) & ~np.isnan(pos) & occurred.notna().to_numpy()
-    pos, weight, occurred = pos[keep].astype(np.int64), weight[keep], occurred[keep]
-    zones = cust["time_zone"].to_numpy(dtype=object)[pos]
-
-    hour = np.empty(len(pos), dtype=np.int64)
-    for zone in pd.unique(zones):
-        sel = zones == zone
-        local = occurred[sel].dt.tz_convert(zone if is_valid_zone(zone) else "UTC")
-        hour[sel] = local.dt.hour.to_numpy()
-
-    hist = np.bincount(pos * 24 + hour, weights=weight, minlength=n * 24).reshape(n, 24)
-    counts = np.bincount(pos, minlength=n)
-    smoothed = _circular_smooth(hist)
-
-    default = DEFAULT_HOUR_CURVE / DEFAULT_HOUR_CURVE.sum()
-    market_codes, market_uniques = pd.factorize(cust["market"])
-    priors = np.empty((len(market_uniques), 24))
-    for k in range(len(market_uniques)):
-        pooled = smoothed[market_codes == k].sum(axis=0)
-        mixed = pooled + MARKET_DEFAULT_PSEUDO_EVENTS * default
-        priors[k] = mixed / mixed.sum()
-    prior_rows = priors[market_codes]
-    posterior = smoothed + prior_strength * prior_rows
-    best = np.where(counts > 0, posterior.argmax(axis=1), prior_rows.argmax(axis=1))
-    return pd.DataFrame(
-        {
-            "customer_id": cust["customer_id"].to_numpy(),
-            "best_hour": best.astype(np.int64),
-            "best_hour_events": counts.astype(np.int64),
-            "best_hour_source": np.where(counts > 0, "personal", "market_prior").astype(object),
-        }
-    )
+    result = first
+    best = pd.to_numeric(best_hour, errors="coerce").to_numpy(dtype=float, na_value=np.nan)[rows]
+    use = found & ~np.isnan(best) & (best >= 0) & (best <= 23)
+    if use.any():
+        j = choice_all[i_safe[use] * 24 + best[use].astype(np.int64)]
+        result = first.copy()
+        result[use] = np.where(j == i_safe[use], first[use], starts_all[j])
+    return result

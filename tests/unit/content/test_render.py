@@ -16,14 +16,9 @@ from markupsafe import escape
 from remarketing.content.cart_links import recovery_utm, sign_cart_token, signed_cart_link, verify_cart_token
 from remarketing.content.catalogues import extract_messages
 from remarketing.content.context import mail_locale, product_name
-from remarketing.content.engine import (
-    LOCALE_DIR,
-    MAX_HTML_BYTES,
-    SHARED_PLACEHOLDERS,
-    MailRenderer,
-    RenderError,
-    substitutions_for,
-)
+from remarketing.content.errors import RenderError
+from remarketing.content.paths import LOCALE_DIR
+from remarketing.content.renderer import MAX_HTML_BYTES, SHARED_PLACEHOLDERS, MailRenderer, substitutions_for
 from remarketing.flows.campaigns.mail import campaign_context
 from remarketing.flows.cart_recovery.mail import cart_recovery_context
 from remarketing.flows.welcome.mail import welcome_context

@@ -14,13 +14,12 @@ import pytest
 from market_fixtures import TEST_SENDER, TEST_STOREFRONT
 
 from remarketing.markets import load_markets, parse_markets
+from remarketing.timing.best_hour import DEFAULT_HOUR_CURVE, personal_best_hour
 from remarketing.timing.send_windows import (
-    DEFAULT_HOUR_CURVE,
     REASON_BEYOND_HORIZON,
     REASON_INVALID_ZONE,
     REASON_MISSING_EARLIEST,
     compute_send_at,
-    personal_best_hour,
     resolve_time_zones,
 )
 

@@ -12,8 +12,16 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from remarketing.content.context import base_context, http_url, incentive_context, product_name, text_or_none
-from remarketing.content.engine import MAX_ITEMS_SHOWN, RenderError, quantize_amount, to_decimal
+from remarketing.content.amounts import quantize_amount, to_decimal
+from remarketing.content.context import (
+    MAX_ITEMS_SHOWN,
+    base_context,
+    http_url,
+    incentive_context,
+    product_name,
+    text_or_none,
+)
+from remarketing.content.errors import RenderError
 from remarketing.flows.cart_recovery.audience import FLOW
 from remarketing.markets import Market
 
@@ -53,52 +61,7 @@ def cart_recovery_context(
     cart_id = cart.get("cart_id")
     currency = text_or_none(cart.get("currency")) or market.currency
     context["currency"] = currency
-    lines = []
-    total = Decimal(0)
-    for item in items:
-        item_id = item.get("cart_item_id")
-        if item.get("cart_id") is not None and item.get("cart_id") != cart_id:
-            raise RenderError(
-                template, locale, f"cart_item_id {item_id} belongs to another cart than cart_id {cart_id}"
-            )
-        quantity = item.get("quantity")
-        if isinstance(quantity, float) and quantity.is_integer():
-            quantity = int(quantity)
-        if isinstance(quantity, bool) or not isinstance(quantity, numbers.Integral) or quantity < 0:
-            raise RenderError(template, locale, f"cart_item_id {item_id} has an invalid quantity")
-        quantity = int(quantity)
-        if quantity == 0:
-            continue
-        item_currency = text_or_none(item.get("currency")) or currency
-        if item_currency != currency:
-            raise RenderError(template, locale, f"cart_item_id {item_id} is in {item_currency}, the cart in {currency}")
-        pid = item.get("product_id")
-        product = products.get(pid) if pid is not None else None
-        if product is None:
-            raise RenderError(template, locale, f"cart_item_id {item_id}: product_id {pid} not found")
-        name = product_name(product.get("names"), locale)
-        if name is None:
-            raise RenderError(template, locale, f"product_id {pid} has no usable name in 'names'")
-        try:
-            unit_price = to_decimal(item.get("unit_price"), "unit_price")
-        except ValueError:
-            raise RenderError(template, locale, f"cart_item_id {item_id} has no valid unit_price") from None
-        if unit_price < 0:
-            raise RenderError(template, locale, f"cart_item_id {item_id} has a negative unit_price")
-        unit_price = quantize_amount(template, locale, unit_price, currency)
-        line_total = unit_price * quantity
-        total += line_total
-        image = http_url(template, locale, product.get("image_url"), f"product_id {pid} image_url", required=False)
-        lines.append(
-            {
-                "product_id": pid,
-                "name": name,
-                "image_url": image,
-                "quantity": quantity,
-                "unit_price": unit_price,
-                "line_total": line_total,
-            }
-        )
+    lines, total = _cart_lines(template, locale, cart_id, currency, items, products)
     if not lines:
         raise RenderError(template, locale, f"cart_id {cart_id} has no items to show")
     incentive_ctx = incentive_context(template, locale, incentive)
@@ -118,6 +81,75 @@ def cart_recovery_context(
     return context
 
 
+def _cart_lines(
+    template: str,
+    locale: str,
+    cart_id: Any,
+    currency: str,
+    items: Sequence[Mapping[str, Any]],
+    products: Mapping[int, Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], Decimal]:
+    """The lines the mail shows, in cart order, and their total: what the customer sees adds up."""
+    lines = []
+    total = Decimal(0)
+    for item in items:
+        line = _cart_line(template, locale, cart_id, currency, item, products)
+        if line is None:
+            continue
+        total += line["line_total"]
+        lines.append(line)
+    return lines, total
+
+
+def _cart_line(
+    template: str,
+    locale: str,
+    cart_id: Any,
+    currency: str,
+    item: Mapping[str, Any],
+    products: Mapping[int, Mapping[str, Any]],
+) -> dict[str, Any] | None:
+    """One cart_items row as the mail shows it, None for a removed line (quantity 0); RenderError names the ids."""
+    item_id = item.get("cart_item_id")
+    if item.get("cart_id") is not None and item.get("cart_id") != cart_id:
+        raise RenderError(template, locale, f"cart_item_id {item_id} belongs to another cart than cart_id {cart_id}")
+    quantity = item.get("quantity")
+    if isinstance(quantity, float) and quantity.is_integer():
+        quantity = int(quantity)
+    if isinstance(quantity, bool) or not isinstance(quantity, numbers.Integral) or quantity < 0:
+        raise RenderError(template, locale, f"cart_item_id {item_id} has an invalid quantity")
+    quantity = int(quantity)
+    if quantity == 0:
+        return None
+    item_currency = text_or_none(item.get("currency")) or currency
+    if item_currency != currency:
+        raise RenderError(template, locale, f"cart_item_id {item_id} is in {item_currency}, the cart in {currency}")
+    pid = item.get("product_id")
+    product = products.get(pid) if pid is not None else None
+    if product is None:
+        raise RenderError(template, locale, f"cart_item_id {item_id}: product_id {pid} not found")
+    name = product_name(product.get("names"), locale)
+    if name is None:
+        raise RenderError(template, locale, f"product_id {pid} has no usable name in 'names'")
+    try:
+        unit_price = to_decimal(item.get("unit_price"), "unit_price")
+    except ValueError:
+        raise RenderError(template, locale, f"cart_item_id {item_id} has no valid unit_price") from None
+    if unit_price < 0:
+        raise RenderError(template, locale, f"cart_item_id {item_id} has a negative unit_price")
+    unit_price = quantize_amount(template, locale, unit_price, currency)
+    line_total = unit_price * quantity
+    image = http_url(template, locale, product.get("image_url"), f"product_id {pid} image_url", required=False)
+    return {
+        "product_id": pid,
+        "name": name,
+        "image_url": image,
+        "quantity": quantity,
+        "unit_price": unit_price,
+        "line_total": line_total,
+    }
+
+
 class RecoveryRenderer:
     """The send step's render callback: live re-check, then one personal mail per cart."""
 
@@ -126,7 +158,7 @@ class RecoveryRenderer:
         import pyarrow.parquet as pq
         from airflow.sdk import ObjectStoragePath
 
-        from remarketing.content.engine import MailRenderer
+        from remarketing.content.renderer import MailRenderer
         from remarketing.flows.cart_recovery.config import load_flows
 
         self.market = market
@@ -150,7 +182,7 @@ class RecoveryRenderer:
 
     def __call__(self, chunk):
         from remarketing.content.cart_links import signed_cart_link
-        from remarketing.content.engine import RenderError
+        from remarketing.content.errors import RenderError
         from remarketing.delivery.compose import marketing_message, marketing_recipient, unsubscribe_link
         from remarketing.delivery.send_step import RenderFailure
         from remarketing.flows.cart_recovery.audience import recheck_converted

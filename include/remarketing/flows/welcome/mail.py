@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from remarketing.content.context import base_context, incentive_context, product_grid, utm_tags
-from remarketing.content.engine import RenderError
+from remarketing.content.errors import RenderError
 from remarketing.flows.welcome.audience import FLOW
 from remarketing.markets import Market
 

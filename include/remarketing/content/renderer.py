@@ -1,19 +1,20 @@
 """Mail rendering: Jinja2 templates in include/templates/, gettext catalogues, Babel formatting.
 
 Why this shape:
-- One Jinja2 environment (autoescape for ``*.html.j2``, StrictUndefined) renders every mail. The
-  locale of one render travels in the template context, not in the environment, so renders in
-  different locales can run side by side in one process.
-- Text comes from gettext catalogues (include/locale/<lang>/LC_MESSAGES/messages.po), read at
-  start with Babel and turned into ``babel.support.Translations`` in memory: no compile step.
+- One Jinja2 environment (:mod:`remarketing.content.jinja_environment`) renders every mail; the
+  locale of one render travels in the template context, so renders in different locales can run
+  side by side in one process.
+- Text comes from gettext catalogues (:mod:`remarketing.content.locales`), read at start into
+  memory: no compile step.
 - Every mail is two templates, ``<name>.html.j2`` (extends base.html.j2) and ``<name>.txt.j2``
   (extends base.txt.j2); the text template also holds the ``subject`` and ``preheader`` blocks.
 - A render either gives a complete mail or raises :class:`RenderError` for that one mail, naming
   the template, the locale and the variable at fault, never the customer's data.
 
 Context builders (:func:`cart_recovery_context`, :func:`welcome_context`,
-:func:`campaign_context`) turn store rows into what the templates need; prices stay ``Decimal``
-and are formatted in the template by the ``money`` filter for the render's locale.
+:func:`campaign_context`, in ``flows/<flow>/mail.py``) turn store rows into what the templates
+need; prices stay ``Decimal`` and are formatted in the template by the ``money`` filter for the
+render's locale.
 
 Shared content (one render for up to 1,000 recipients of a campaign): :meth:`MailRenderer.render_shared`
 puts tokens where per-recipient values go (``-greeting_html-`` in the HTML part,
@@ -29,33 +30,25 @@ for SendGrid's ``substitutions``, HTML-escaped for the html tokens::
 
 from __future__ import annotations
 
-import io
-import math
-import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfoNotFoundError
 
 from markupsafe import Markup, escape
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES_DIR = PACKAGE_ROOT / "templates"
-LOCALE_DIR = PACKAGE_ROOT / "locale"
-SOURCE_LOCALE = "en"  # msgids are English; en needs no catalogue
+from remarketing.content.errors import RenderError
+from remarketing.content.jinja_environment import build_environment
+from remarketing.content.locales import SOURCE_LOCALE, babel_locale, load_catalogues, normalize_locale
+from remarketing.content.paths import LOCALE_DIR, TEMPLATES_DIR
+
 MAX_HTML_BYTES = 100_000  # Gmail clips larger HTML ("[Message clipped]")
-MAX_ITEMS_SHOWN = 20  # a bigger cart shows its first 20 lines and "and N more"
-MAX_GRID_PRODUCTS = 12
 SHARED_PLACEHOLDERS: Mapping[str, str] = {"greeting": "greeting", "unsubscribe_url": "unsubscribe_url"}
 
 # Set by the renderer; a context must not bring its own.
 _RESERVED = frozenset({"greeting", "subject", "preheader", "html_lang", "font_family", "_translations", "_locale"})
-_LOCALE_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|\d{3}))?$")
 _STEM_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _UNDEFINED_RE = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'|has no element '?([^']+?)'?$")
 # Mail clients pick these up; CJK text needs a CJK font first or it falls back unevenly.
@@ -79,16 +72,6 @@ GREETING_NEUTRAL = _("Hello,")
 _FAMILY_NAME_FIRST = {"ja": " ", "zh": ""}
 
 
-class RenderError(ValueError):
-    """One mail could not be rendered; names the template, the locale and the variable, no personal data."""
-
-    def __init__(self, template: str, locale: str, problem: str, *, variable: str | None = None):
-        self.template = template
-        self.locale = locale
-        self.variable = variable
-        super().__init__(f"{template} [{locale}]: {problem}")
-
-
 @dataclass(frozen=True)
 class RenderedMail:
     subject: str
@@ -96,193 +79,6 @@ class RenderedMail:
     html: str
     text: str
     locale: str  # the catalogue locale actually used, e.g. "de" for "de-AT"
-
-
-def normalize_locale(tag: str | None) -> str | None:
-    """'de_at', 'DE-AT' -> 'de-AT'; 'zh-hant-tw' -> 'zh-Hant-TW'; None for empty or malformed tags."""
-    if not tag or not isinstance(tag, str):
-        return None
-    match = _LOCALE_RE.match(tag.strip())
-    if not match:
-        return None
-    lang, script, region = match.groups()
-    parts = [lang.lower()]
-    if script:
-        parts.append(script.title())
-    if region:
-        parts.append(region.upper())
-    return "-".join(parts)
-
-
-def _babel_tag(locale: str) -> str:
-    return locale.replace("-", "_")
-
-
-@lru_cache(maxsize=256)
-def _babel_locale(tag: str):
-    from babel import Locale, UnknownLocaleError
-
-    try:
-        return Locale.parse(_babel_tag(tag))
-    except (UnknownLocaleError, ValueError):
-        return None
-
-
-def load_catalogues(locale_dir: Path) -> dict[str, Any]:
-    """Read every include/locale/<lang>/LC_MESSAGES/messages.po into Babel Translations (in memory)."""
-    from babel.messages.mofile import write_mo
-    from babel.messages.pofile import read_po
-    from babel.support import Translations
-
-    catalogues: dict[str, Any] = {}
-    if not locale_dir.is_dir():
-        return catalogues
-    for po_path in sorted(locale_dir.glob("*/LC_MESSAGES/messages.po")):
-        locale = normalize_locale(po_path.parents[1].name)
-        if locale is None:
-            raise ValueError(f"{po_path}: the folder name is not a locale such as 'de' or 'pt_BR'")
-        try:
-            with po_path.open("rb") as fh:
-                catalog = read_po(fh, locale=_babel_tag(locale), abort_invalid=True)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a broken catalogue
-            raise ValueError(f"{po_path} is not a valid PO file: {exc}") from exc
-        buffer = io.BytesIO()
-        write_mo(buffer, catalog)  # fuzzy entries are left out, as msgfmt does
-        buffer.seek(0)
-        catalogues[locale] = Translations(fp=buffer)
-    return catalogues
-
-
-# --- template filters (the render's locale and zone come from the template context) ---------------
-
-
-def _ctx_locale(ctx):
-    return ctx["_locale"]
-
-
-def to_decimal(value: Any, field: str) -> Decimal:
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, bool) or value is None:
-        raise ValueError(f"{field} must be a number, got {type(value).__name__}")
-    elif isinstance(value, numbers.Integral):
-        result = Decimal(int(value))
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{field} must be a finite number")
-        result = Decimal(repr(value))
-    elif isinstance(value, str):
-        try:
-            result = Decimal(value)
-        except InvalidOperation:
-            raise ValueError(f"{field} must be a number") from None
-    else:
-        try:  # numpy scalars and the like
-            return to_decimal(float(value), field)
-        except (TypeError, ValueError):
-            raise ValueError(f"{field} must be a number, got {type(value).__name__}") from None
-    if not result.is_finite():
-        raise ValueError(f"{field} must be a finite number")
-    return result
-
-
-def quantize_amount(template: str, locale: str, amount: Decimal, currency: str) -> Decimal:
-    """Round to the currency's minor unit (JPY has none), so shown lines add up to the shown total."""
-    from babel.numbers import get_currency_precision, list_currencies
-
-    if currency not in list_currencies():
-        raise RenderError(template, locale, f"{currency!r} is not an ISO 4217 currency code", variable="currency")
-    return amount.quantize(Decimal(1).scaleb(-get_currency_precision(currency)), rounding=ROUND_HALF_UP)
-
-
-@lru_cache(maxsize=8192)
-def _format_currency(amount: Decimal, currency: str, locale) -> str:
-    """Cached: a shop has few distinct prices, and Babel's formatting is most of a render's cost."""
-    from babel.numbers import format_currency
-
-    return format_currency(amount, currency, locale=locale)
-
-
-def _money(ctx, amount: Any, currency: str | None = None) -> str:
-    return _format_currency(to_decimal(amount, "amount"), currency or ctx["currency"], _ctx_locale(ctx))
-
-
-def _percent(ctx, value: Any) -> str:
-    """10 -> '10 %' (de), '10%' (en, ja)."""
-    from babel.numbers import format_percent
-
-    return format_percent(to_decimal(value, "percent") / 100, locale=_ctx_locale(ctx))
-
-
-def _local_datetime(ctx, value: datetime) -> str:
-    """Long date and short time in the customer's zone: '27. März 2026, 23:59'."""
-    from babel.dates import format_datetime, get_date_format, get_datetime_format, get_time_format
-
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValueError("dates shown in mails must be timezone-aware datetimes")
-    locale = _ctx_locale(ctx)
-    zone = ZoneInfo(ctx["time_zone"])
-    pattern = (
-        get_datetime_format("long", locale=locale)
-        .replace("{1}", get_date_format("long", locale=locale).pattern)
-        .replace("{0}", get_time_format("short", locale=locale).pattern)
-    )
-    return format_datetime(value.astimezone(zone), pattern, locale=locale)
-
-
-@lru_cache(maxsize=1024)
-def _format_number(value: Any, locale) -> str:
-    from babel.numbers import format_decimal
-
-    return format_decimal(value, locale=locale)
-
-
-def _number(ctx, value: Any) -> str:
-    return _format_number(value, _ctx_locale(ctx))
-
-
-def _gettext(ctx, message: str) -> str:
-    return ctx["_translations"].gettext(message)
-
-
-def _ngettext(ctx, singular: str, plural: str, n: int) -> str:
-    return ctx["_translations"].ngettext(singular, plural, n)
-
-
-def _pgettext(ctx, context: str, message: str) -> str:
-    return ctx["_translations"].pgettext(context, message)
-
-
-def _npgettext(ctx, context: str, singular: str, plural: str, n: int) -> str:
-    return ctx["_translations"].npgettext(context, singular, plural, n)
-
-
-def _build_environment(templates_dir: Path):
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
-
-    env = Environment(
-        loader=FileSystemLoader(str(templates_dir)),
-        autoescape=select_autoescape(enabled_extensions=("html.j2", "html"), default_for_string=False),
-        undefined=StrictUndefined,
-        extensions=["jinja2.ext.i18n"],
-        trim_blocks=True,
-        lstrip_blocks=True,
-        auto_reload=False,
-    )
-    env.install_gettext_callables(  # type: ignore[attr-defined]
-        pass_context(_gettext),
-        pass_context(_ngettext),
-        newstyle=True,
-        pgettext=pass_context(_pgettext),
-        npgettext=pass_context(_npgettext),
-    )
-    env.filters.update(
-        money=pass_context(_money),
-        percent=pass_context(_percent),
-        local_datetime=pass_context(_local_datetime),
-        number=pass_context(_number),
-    )
-    return env
 
 
 # ASCII whitespace only: the no-break spaces in "10\u00a0%" and "commande\u00a0?" must stay.
@@ -318,6 +114,23 @@ def _check_placeholders(template: str, locale: str, placeholders: Mapping[str, s
         raise RenderError(template, locale, "placeholder stems must be distinct")
 
 
+def _checked_placeholders(
+    template: str, resolved: str, context: Mapping[str, Any], placeholders: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The render's placeholders, once the context and they are known to be usable: fail before rendering."""
+    if not isinstance(context, Mapping):
+        raise RenderError(template, resolved, f"context must be a mapping, got {type(context).__name__}")
+    reserved = sorted(_RESERVED.intersection(context))
+    if reserved:
+        raise RenderError(template, resolved, f"context sets reserved variables {reserved}", variable=reserved[0])
+    placeholders = dict(placeholders or {})
+    _check_placeholders(template, resolved, placeholders)
+    for name in placeholders:
+        if name != "greeting" and name not in context:
+            raise RenderError(template, resolved, f"placeholder {name!r} is not a context variable", variable=name)
+    return placeholders
+
+
 def substitutions_for(placeholders: Mapping[str, str], values: Mapping[str, str | None]) -> dict[str, str]:
     """One recipient's SendGrid substitutions for content rendered by ``render_shared``.
 
@@ -351,7 +164,7 @@ class MailRenderer:
         self.templates_dir = Path(templates_dir) if templates_dir is not None else TEMPLATES_DIR
         self.locale_dir = Path(locale_dir) if locale_dir is not None else LOCALE_DIR
         self.max_html_bytes = max_html_bytes
-        self._env = _build_environment(self.templates_dir)
+        self._env = build_environment(self.templates_dir)
         self._catalogues = load_catalogues(self.locale_dir)
         self._catalogues.setdefault(SOURCE_LOCALE, NullTranslations())
         self._resolved: dict[str | None, str] = {}
@@ -404,10 +217,10 @@ class MailRenderer:
                 candidates.append(f"{language}-{region}")
         candidates.append(resolved)
         for candidate in candidates:
-            found = _babel_locale(candidate)
+            found = babel_locale(candidate)
             if found is not None:
                 return found
-        return _babel_locale(SOURCE_LOCALE)
+        return babel_locale(SOURCE_LOCALE)
 
     def greeting(self, locale: str | None, first_name: str | None, last_name: str | None = None) -> str:
         """The salutation line: with the name when known, neutral otherwise (guests may have none).
@@ -452,19 +265,29 @@ class MailRenderer:
         context: Mapping[str, Any],
         placeholders: Mapping[str, str] | None,
     ) -> RenderedMail:
-        from jinja2 import TemplateNotFound, TemplateSyntaxError, UndefinedError
-
         resolved = self.resolve_locale(locale)
-        if not isinstance(context, Mapping):
-            raise RenderError(template, resolved, f"context must be a mapping, got {type(context).__name__}")
-        reserved = sorted(_RESERVED.intersection(context))
-        if reserved:
-            raise RenderError(template, resolved, f"context sets reserved variables {reserved}", variable=reserved[0])
-        placeholders = dict(placeholders or {})
-        _check_placeholders(template, resolved, placeholders)
-        for name in placeholders:
-            if name != "greeting" and name not in context:
-                raise RenderError(template, resolved, f"placeholder {name!r} is not a context variable", variable=name)
+        placeholders = _checked_placeholders(template, resolved, context, placeholders)
+        templates = self._templates(template, resolved)
+        common = self._common_variables(locale, resolved)
+        subject, preheader, text, html = self._fill_templates(
+            template, resolved, templates, context, common, placeholders
+        )
+        for stem in placeholders.values():  # the preheader and title carry text tokens into the HTML
+            html = html.replace(_token(stem, "text"), _token(stem, "html"))
+        size = len(html.encode("utf-8"))
+        if size > self.max_html_bytes:
+            raise RenderError(
+                template,
+                resolved,
+                f"rendered HTML is {size} bytes, over the {self.max_html_bytes} byte limit (Gmail clips larger mails)",
+            )
+        if not subject:
+            raise RenderError(template, resolved, "the subject is empty", variable="subject")
+        return RenderedMail(subject=subject, preheader=preheader, html=html, text=text, locale=resolved)
+
+    def _templates(self, template: str, resolved: str) -> tuple[Any, Any]:
+        """The mail's HTML and text templates; a missing or broken file fails this one mail."""
+        from jinja2 import TemplateNotFound, TemplateSyntaxError
 
         try:
             html_template = self._env.get_template(f"{template}.html.j2")
@@ -475,15 +298,32 @@ class MailRenderer:
             raise RenderError(
                 template, resolved, f"template syntax error: {exc.message} ({exc.name}:{exc.lineno})"
             ) from None
+        return html_template, text_template
 
+    def _common_variables(self, locale: str | None, resolved: str) -> dict[str, Any]:
+        """The variables the renderer sets (see _RESERVED): the render's locale travels in them."""
         translations = self._catalogues[resolved]
         language = resolved.split("-")[0]
-        common = {
+        return {
             "_translations": translations,
             "_locale": self.format_locale(locale, resolved),
             "html_lang": resolved,
             "font_family": Markup(_FONTS.get(language, _DEFAULT_FONT)),  # our constant, quotes kept as they are
         }
+
+    def _fill_templates(
+        self,
+        template: str,
+        resolved: str,
+        templates: tuple[Any, Any],
+        context: Mapping[str, Any],
+        common: dict[str, Any],
+        placeholders: Mapping[str, str],
+    ) -> tuple[str, str, str, str]:
+        """Subject, preheader, text and HTML; any failure becomes a RenderError naming where, not the values."""
+        from jinja2 import TemplateSyntaxError, UndefinedError
+
+        html_template, text_template = templates
         try:
             if "greeting" not in placeholders:
                 common["greeting"] = self.greeting(resolved, context["first_name"], context.get("last_name"))
@@ -517,19 +357,7 @@ class MailRenderer:
             shown = (ValueError, ZoneInfoNotFoundError, TemplateSyntaxError)  # messages without row values
             problem = str(exc) if isinstance(exc, shown) else type(exc).__name__
             raise RenderError(template, resolved, f"{type(exc).__name__}: {problem}{where}") from None
-
-        for stem in placeholders.values():  # the preheader and title carry text tokens into the HTML
-            html = html.replace(_token(stem, "text"), _token(stem, "html"))
-        size = len(html.encode("utf-8"))
-        if size > self.max_html_bytes:
-            raise RenderError(
-                template,
-                resolved,
-                f"rendered HTML is {size} bytes, over the {self.max_html_bytes} byte limit (Gmail clips larger mails)",
-            )
-        if not subject:
-            raise RenderError(template, resolved, "the subject is empty", variable="subject")
-        return RenderedMail(subject=subject, preheader=preheader, html=html, text=text, locale=resolved)
+        return subject, preheader, text, html
 
 
 def _undefined_name(exc: Exception) -> str | None:
