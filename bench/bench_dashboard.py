@@ -47,7 +47,8 @@ def _copy(engine, table: str, columns: list[str], rows) -> None:
 
 def seed(engine, codes: list[str], day: date, size: int) -> None:
     ledger_columns = [
-        "ledger_key", "flow", "kind", "step", "market", "customer_ref", "subject_id", "content_version",
+        "ledger_key", "flow", "kind", "step", "market", "customer_ref", "subject_kind", "subject_id",
+        "variant",
         "run_id", "claim_token", "status", "claimed_at", "finished_at", "attempts",
     ]  # fmt: skip
     outcome_columns = [
@@ -69,7 +70,7 @@ def seed(engine, codes: list[str], day: date, size: int) -> None:
             for i in range(per_group):
                 key = f"{flow}/{code}/{current}-{run}-{i}/s/1"
                 ledger_rows.append(
-                    (key, flow, "recovery", "1", code, f"c{i}", "s", "v1", run_id, ctx.token, "accepted",
+                    (key, flow, "recovery", "1", code, f"c{i}", "cart", "s", "v1", run_id, ctx.token, "accepted",
                      noon.isoformat(), noon.isoformat(), 1)
                 )  # fmt: skip
                 if i % 5:

@@ -58,8 +58,9 @@ def audience(size: int, now: datetime, offset: int) -> pd.DataFrame:
             "marketing_consent": True,
             "value": np.linspace(1, 500, size),
             "step": 1,
-            "subject_id": [f"cart{i}" for i in ids],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [f"{i}" for i in ids],
+            "variant": "v1",
         }
     )
 
@@ -81,7 +82,7 @@ def prebuilt(market) -> callable:
 
 def rendered(market) -> callable:
     from remarketing.content.cart_links import signed_cart_link
-    from remarketing.content.engine import MailRenderer
+    from remarketing.content.renderer import MailRenderer
     from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
     from remarketing.flows.cart_recovery.mail import cart_recovery_context
 
@@ -95,7 +96,7 @@ def rendered(market) -> callable:
 
     def render(chunk: pd.DataFrame):
         for row in chunk.to_dict("records"):
-            cart_id = int(row["subject_id"].removeprefix("cart"))
+            cart_id = int(row["subject_id"])
             items = [
                 {"cart_item_id": cart_id * 10 + p, "cart_id": cart_id, "product_id": p, "quantity": p,
                  "unit_price": 19.95 * p, "currency": "EUR"}
@@ -132,7 +133,7 @@ def rendered(market) -> callable:
 
 
 def shared(market) -> callable:
-    from remarketing.content.engine import MailRenderer, substitutions_for
+    from remarketing.content.renderer import MailRenderer, substitutions_for
     from remarketing.content.unsubscribe_links import sign_unsubscribe_token, unsubscribe_url
     from remarketing.flows.campaigns.mail import campaign_context
 

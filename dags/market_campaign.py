@@ -49,7 +49,7 @@ every targeted market's main language must be present)
 **Reading the outcome.** `plan_campaigns` logs targets, holdout and rotation per campaign and
 market. Each `send_market` (map index: market and campaign) logs its outcome table; `summarize`
 shows every campaign and market together. Every member's outcome per run is in the
-`campaign_members` table, every mail in `send_ledger` (content_version = variant).
+`campaign_members` table, every mail in `send_ledger` (with its variant and A/B arm).
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def test_the_loop_closes_on_the_demo(airflow_metadata, run_data, tmp_path, monke
     history = ledger_history(engine)
     engine.dispose()
     due_later = scan_carts(frames, now=later_at, config=load_flows().cart_recovery, history=history).due
-    due = sent[sent["subject_id"].isin("cart" + due_later["cart_id"].astype(str))]
+    due = sent[sent["subject_id"].isin(due_later["cart_id"].astype(str))]
     by_market = sent.groupby("market").size().sort_values(ascending=False)
     by_market = by_market[by_market.index.isin(due["market"])]
     assert len(by_market) >= 3 and by_market.iloc[0] >= 5, by_market

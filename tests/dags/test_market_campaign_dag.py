@@ -242,16 +242,16 @@ def test_content_rotation_over_three_rounds_with_a_stable_holdout(shop, run_data
         print(f"\nround {n}:\n" + outcome_table(group).to_string())
 
     # Never the same content twice; the variants in order.
-    assert not sent.duplicated(["customer_id", "content_version"]).any()
+    assert not sent.duplicated(["customer_id", "variant"]).any()
     first_round = sent[sent["run_id"].str.contains(ordered[0]["run_id"].iloc[0], regex=False)]
-    assert set(first_round["content_version"]) == {"v1"}
+    assert set(first_round["variant"]) == {"v1"}
     second_round = sent[sent["run_id"].str.contains(ordered[1]["run_id"].iloc[0], regex=False)]
-    assert len(second_round) > 0 and set(second_round["content_version"]) == {"v2"}
+    assert len(second_round) > 0 and set(second_round["variant"]) == {"v2"}
     assert set(second_round["customer_id"]) <= set(first_round["customer_id"]) | set(
         ordered[0].loc[ordered[0]["outcome"] != "holdout", "customer_id"].astype(str)
     )
     # Round 3: whoever had both variants is skipped with that reason, and nothing new reaches them.
-    both = sent.groupby("customer_id")["content_version"].nunique()
+    both = sent.groupby("customer_id")["variant"].nunique()
     both = set(both[both == 2].index.astype(int))
     third = ordered[2].set_index("customer_id")
     assert both and all(third.loc[c, "outcome"] == "already_sent" for c in both)
@@ -266,7 +266,7 @@ def test_content_rotation_over_three_rounds_with_a_stable_holdout(shop, run_data
     assert abs(share - 0.2) < 0.04, share
     assert not (held[0] & set(sent["customer_id"].astype(int)))
     # A/B subjects: both arms used, arm b carries subject B.
-    assert set(sent["step"]) == {"a", "b"}
+    assert set(sent["arm"]) == {"a", "b"} and sent["step"].isna().all()
     subjects = {m["X-Remarketing-Ledger-Key"].split("/")[1]: m["Subject"] for m in outbox(run_data)}
     assert subjects["b"] == "Autumn, picked for you" and subjects["a"] == SUBJECT["en"]
 
@@ -393,11 +393,11 @@ def test_a_calendar_date_seen_by_two_runs_is_one_round(shop, run_data, dag, tmp_
     first = dag.test(logical_date=None, run_conf={"as_of": day_before.isoformat()})
     assert first.state == "success"
     scheduled = ledger(shop)
-    assert len(scheduled) > 0 and set(scheduled["content_version"]) == {"v1"}
+    assert len(scheduled) > 0 and set(scheduled["variant"]) == {"v1"}
     second = dag.test(logical_date=None, run_conf={"as_of": send_day.isoformat()})
     assert second.state == "success"
     after = ledger(shop)
-    assert len(after) == len(scheduled) and set(after["content_version"]) == {"v1"}, "nobody got v2 for the same date"
+    assert len(after) == len(scheduled) and set(after["variant"]) == {"v1"}, "nobody got v2 for the same date"
     members = load_members(shop, "two-variant-date")
     again = members[members["run_id"] == second.run_id]
     mailed = set(scheduled["customer_id"].astype("int64"))

@@ -95,8 +95,9 @@ def _mails(engine, ctx: ClaimContext, count: int, scheduled: int, now: datetime)
             "step": "1",
             "customer_ref": [f"c{i}" for i in range(count)],
             "customer_id": None,
-            "subject_id": [f"s{i}" for i in range(count)],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [f"{i}" for i in range(count)],
+            "variant": "v1",
             "send_at": [now + timedelta(hours=3) if i < scheduled else pd.NaT for i in range(count)],
         }
     )

@@ -69,8 +69,9 @@ def audience(size: int, now: datetime, *, code: str = "DE", offset: int = 0) -> 
             "marketing_consent": True,
             "value": rng.uniform(1, 500, size),
             "step": 1,
-            "subject_id": [f"cart{i}" for i in ids],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [f"{i}" for i in ids],
+            "variant": "v1",
         }
     )
 
@@ -112,7 +113,9 @@ def ledger_frame(engine) -> pd.DataFrame:
 
 
 def all_keys(size: int) -> set[str]:
-    return {ledger.ledger_key(FLOW, 1, i, f"cart{i}", "v1") for i in range(1, size + 1)}
+    return {
+        ledger.ledger_key(FLOW, i, step=1, subject_kind="cart", subject_id=i, variant="v1") for i in range(1, size + 1)
+    }
 
 
 def assert_ledger_agrees_with_server(engine, counts) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """One chunk of a market's send: suppressions re-checked, render, validate, claim, mark, send, record.
 
-The ledger protocol (claim -> sending -> accepted/rejected/unknown) is in ``ledger.py``; this is
+The ledger protocol (claim -> sending -> accepted/rejected/unknown) is in the ``ledger`` package; this is
 where it meets the transport. Messages are marked "sending" in small batches right before the
 transport pulls them, so a crash leaves few outcomes unknown.
 """
@@ -28,11 +28,22 @@ RECORD_BATCH = 128  # results stored per transaction ...
 RECORD_SECONDS = 0.25  # ... or at least this often
 
 
-def categories(message: Message, flow: str, market: Market, steps: set[str]) -> tuple[str, ...]:
+def categories(message: Message, flow: str, market: Market, labels: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """Flow and market, plus the ``step:``/``arm:`` labels every recipient of the request shares."""
     ours = [f"flow:{flow}", market_category(market.code)]
-    if len(steps) == 1:
-        ours.append(f"step:{next(iter(steps))}")
+    shared = set(labels[0]).intersection(*labels[1:]) if labels else set()
+    ours.extend(label for label in labels[0] if label in shared) if labels else None
     return tuple(dict.fromkeys([*ours, *message.categories]))
+
+
+def _labels(chunk: pd.DataFrame) -> list[tuple[str, ...]]:
+    """Per row, ``step:N`` and/or ``arm:x``: SendGrid's stats by category compare steps and A/B arms."""
+    none = [None] * len(chunk)
+    steps, arms = (chunk[c].tolist() if c in chunk else none for c in ("step", "arm"))
+    return [
+        tuple(f"{name}:{v}" for name, v in (("step", s), ("arm", a)) if v is not None and not pd.isna(v))
+        for s, a in zip(steps, arms, strict=True)
+    ]
 
 
 class _Chunk:
@@ -43,7 +54,7 @@ class _Chunk:
         keys = chunk["ledger_key"].tolist()  # plain lists: iterating Arrow-backed columns is slow
         self.position = dict(zip(keys, chunk.index.tolist(), strict=True))
         self.email_of = dict(zip(keys, map(ledger.normalise_email, chunk["email"].tolist()), strict=True))
-        self.step_of = dict(zip(keys, map(str, chunk["step"].tolist()), strict=True))
+        self.labels_of = dict(zip(keys, _labels(chunk), strict=True))
         self.send_at_of = dict(zip(keys, chunk["send_at"].tolist(), strict=True))
 
     def rows_of(self, keys: Iterable[str]) -> np.ndarray:
@@ -81,7 +92,7 @@ def send_chunk(
 def _messages(part: _Chunk, *, flow, market, render, validate, out, now, batch_id) -> list[Message]:
     """The chunk rendered, one request per planned instant, each validated; failures get their outcome."""
     position, rows_of, email_of = part.position, part.rows_of, part.email_of
-    step_of, send_at_of, chunk = part.step_of, part.send_at_of, part.frame
+    labels_of, send_at_of, chunk = part.labels_of, part.send_at_of, part.frame
     messages: list[Message] = []
     seen: set[str] = set()
     try:
@@ -118,7 +129,7 @@ def _messages(part: _Chunk, *, flow, market, render, validate, out, now, batch_i
                 recipients=tuple(recipients),
                 send_at=planned.to_pydatetime() if later else None,
                 batch_id=batch_id,
-                categories=categories(item, flow, market, {step_of[r.ledger_key] for r in recipients}),
+                categories=categories(item, flow, market, [labels_of[r.ledger_key] for r in recipients]),
                 asm_group_id=item.asm_group_id
                 if item.asm_group_id is not None or not item.marketing
                 else market.sendgrid_unsubscribe_group_id,
@@ -140,7 +151,7 @@ def _claim_and_send(part: _Chunk, messages: list[Message], *, kind, ctx, engine,
     rows_of, send_at_of, chunk = part.rows_of, part.send_at_of, part.frame
     keys = [r.ledger_key for m in messages for r in m.recipients]
     claim_rows = chunk.set_index("ledger_key", drop=False).loc[
-        keys, ["ledger_key", "step", "customer_ref", "customer_id", "subject_id", "content_version", "send_at"]
+        keys, [c for c in ledger.CLAIM_COLUMNS if c in chunk.columns]
     ]
     claim_rows = claim_rows.assign(kind=kind, batch_id=batch_id)
     held = ledger.claim(engine, ctx, claim_rows.reset_index(drop=True), now=now)

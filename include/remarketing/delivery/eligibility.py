@@ -101,10 +101,10 @@ REQUIRED_COLUMNS = (
     "best_hour",
     "marketing_consent",
     "value",
-    "step",
+    "subject_kind",
     "subject_id",
-    "content_version",
-)
+    "variant",
+)  # and a ``step`` and/or an A/B ``arm`` (ledger.ledger_keys)
 
 
 SUPPRESSION_SYNC_MAX_AGE = timedelta(minutes=10)

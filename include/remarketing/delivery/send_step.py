@@ -25,7 +25,7 @@ member exactly one outcome (``OUTCOMES``) with a reason, in this order of preced
 
 Suppressions are checked again for each chunk right before its claim, so an unsubscribe
 recorded while a large market is being sent is honoured at once. The ledger protocol and its
-crash policy are described in ``ledger.py``.
+crash policy are described in the ``ledger`` package.
 
 Steps 0 to 8 are ``eligibility.Eligibility``; step 9, per chunk, is ``chunk.send_chunk``;
 outcomes and their bookkeeping are ``outcomes``. This module is the template that runs them.
@@ -201,6 +201,14 @@ def _render_claim_send(
     return batch_id
 
 
+def _optional_text(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A text column the audience may lack (``step`` or ``arm``): None where missing."""
+    if column not in frame:
+        return pd.Series(None, index=frame.index, dtype=object)
+    values = frame[column].astype(object)
+    return values.where(values.notna(), None).map(lambda v: v if v is None else str(v))
+
+
 def _finish(
     members: Eligibility, decision, *, ctx, batch_id, run_id, try_number, dry_run, outcomes_dir, started
 ) -> MarketSendSummary:
@@ -215,8 +223,11 @@ def _finish(
             "ledger_key": frame["ledger_key"].astype(object),
             "customer_ref": frame["customer_ref"].astype(object),
             "customer_id": frame["customer_id"].astype(object).map(id_text),
-            "step": frame["step"].astype(str),
+            "step": _optional_text(frame, "step"),
+            "arm": _optional_text(frame, "arm"),
+            "subject_kind": frame["subject_kind"].astype(str),
             "subject_id": frame["subject_id"].astype(str),
+            "variant": frame["variant"].astype(str),
             "outcome": out.outcome,
             "reason": out.reason,
             "send_at": pd.to_datetime(pd.Series(out.send_at, dtype=object), utc=True),

@@ -12,13 +12,7 @@ from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 
 from remarketing.delivery.retry import RetryPolicy
-from remarketing.delivery.sendgrid_transport import (
-    DEFAULT_HOST,
-    SendGridError,
-    _ok_json,
-    connection_args,
-    sendgrid_http,
-)
+from remarketing.delivery.sendgrid_client import DEFAULT_HOST, SendGridClient, SendGridError, ok_json
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +21,7 @@ PAGE_SIZE = 500  # SendGrid's maximum page for the suppression lists
 MAX_CATEGORIES_PER_STATS_CALL = 10  # SendGrid: categories per /v3/categories/stats request
 
 
-class SendGridApi:
+class SendGridApi(SendGridClient):
     """Suppressions and stats from SendGrid's v3 API."""
 
     def __init__(
@@ -39,23 +33,14 @@ class SendGridApi:
         *,
         page_size: int = PAGE_SIZE,
     ) -> None:
-        if not api_key:
-            raise ValueError("SendGrid API key is empty")
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
-        self.host = host.rstrip("/")
-        self.retry = retry or RetryPolicy()
+        super().__init__(api_key, host, timeout=timeout, retry=retry, pool_size=2)
         self.page_size = page_size
-        self.http = sendgrid_http(api_key, self.host, timeout=timeout, pool_size=2)
-
-    @classmethod
-    def from_connection(cls, conn_id: str = "sendgrid_default", **kwargs) -> SendGridApi:
-        api_key, host, kwargs = connection_args(conn_id, kwargs)
-        return cls(api_key, host, **kwargs)
 
     def _get(self, path: str, query: dict | None = None):
         result = self.http.call("GET", path, self.retry, query=query, idempotent=True, what=f"GET {path}")
-        return _ok_json(result, f"GET {path}")
+        return ok_json(result, f"GET {path}")
 
     def _pages(self, path: str, query: dict) -> Iterator[dict]:
         """limit/offset pages until a short one; a page longer than asked means the server ignores paging."""

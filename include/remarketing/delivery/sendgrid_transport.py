@@ -21,7 +21,7 @@ import queue
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from sendgrid.helpers.mail import (
     Asm,
@@ -47,18 +47,14 @@ from remarketing.delivery.messages import (
     Message,
     SendResult,
 )
-from remarketing.delivery.retry import HttpClient, RetryPolicy
+from remarketing.delivery.retry import RetryPolicy
+from remarketing.delivery.sendgrid_client import DEFAULT_HOST, SendGridClient, SendGridError, ok_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "https://api.sendgrid.com"
 LEDGER_KEY_ARG = "ledger_key"
 MAX_CATEGORIES = 10  # SendGrid: at most 10 categories per request
 ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")  # RFC 8058
-
-
-class SendGridError(RuntimeError):
-    """A SendGrid management call (batch ids, reads) failed; the message names the endpoint and status."""
 
 
 def _keys_hint(message: Message) -> str:
@@ -210,53 +206,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def host_from_connection(conn) -> str:
-    """The API base URL: ``extra.host``, else the connection's host (https unless it names a scheme)."""
-    extra = conn.extra_dejson or {}
-    host = extra.get("host") or conn.host
-    if not host:
-        return DEFAULT_HOST
-    if "://" not in host:
-        host = f"https://{host}"
-    parts = urlsplit(host)
-    if conn.port and parts.port is None and not extra.get("host"):
-        host = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{conn.port}"))
-    return host.rstrip("/")
-
-
-def _connection(conn_id: str):
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(conn_id)
-    if not conn.password:
-        raise ValueError(f"connection {conn_id!r} has no API key: put it in the password field")
-    return conn
-
-
-def connection_args(conn_id: str, kwargs: dict) -> tuple[str, str, dict]:
-    """As the SendGrid provider does: (API key from the password, host, kwargs with ``extra.timeout``)."""
-    conn = _connection(conn_id)
-    extra = conn.extra_dejson or {}
-    if "timeout" in extra:
-        kwargs = {"timeout": float(extra["timeout"]), **kwargs}
-    return conn.password, host_from_connection(conn), kwargs
-
-
-def sendgrid_http(api_key: str, host: str, *, timeout: float, pool_size: int) -> HttpClient:
-    """Keep-alive connections to SendGrid's API, authenticated; shared by the transport and ``SendGridApi``."""
-    return HttpClient(
-        host,
-        headers={
-            "Authorization": f"Bearer {api_key}",
-            "User-Agent": "remarketing-airflow",
-            "Accept": "application/json",
-        },
-        timeout=timeout,
-        pool_size=pool_size,
-    )
-
-
-class SendGridTransport:
+class SendGridTransport(SendGridClient):
     """Delivers Messages through SendGrid's v3 API with a bounded pool of keep-alive connections."""
 
     def __init__(
@@ -269,22 +219,12 @@ class SendGridTransport:
         retry: RetryPolicy | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        if not api_key:
-            raise ValueError("SendGrid API key is empty")
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
-        self.host = host.rstrip("/")
+        super().__init__(api_key, host, timeout=timeout, retry=retry, pool_size=max_workers)
         self.max_workers = max_workers
-        self.retry = retry or RetryPolicy()
         self.clock = clock
-        self.http = sendgrid_http(api_key, self.host, timeout=timeout, pool_size=max_workers)
         self._executor: cf.ThreadPoolExecutor | None = None
-
-    @classmethod
-    def from_connection(cls, conn_id: str = "sendgrid_default", **kwargs) -> SendGridTransport:
-        """As the SendGrid provider does: API key in the password; optional host in host or extra."""
-        api_key, host, kwargs = connection_args(conn_id, kwargs)
-        return cls(api_key, host=host, **kwargs)
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -363,7 +303,7 @@ class SendGridTransport:
     def create_batch_id(self) -> str:
         """A new batch id (``POST /v3/mail/batch``): one per market run, so its scheduled mail can be cancelled."""
         result = self.http.call("POST", "/v3/mail/batch", self.retry, idempotent=True, what="mail/batch")
-        data = _ok_json(result, "POST /v3/mail/batch")
+        data = ok_json(result, "POST /v3/mail/batch")
         if not isinstance(data, dict) or not data.get("batch_id"):
             raise SendGridError("POST /v3/mail/batch: the answer has no batch_id")
         return str(data["batch_id"])
@@ -376,12 +316,12 @@ class SendGridTransport:
         )
         if result.reply is not None and result.reply.status == 400 and self._batch_status(batch_id) == "cancel":
             return  # already cancelled (by us, in an attempt whose answer was lost)
-        _ok_json(result, "POST /v3/user/scheduled_sends")
+        ok_json(result, "POST /v3/user/scheduled_sends")
 
     def _batch_status(self, batch_id: str) -> str | None:
         path = f"/v3/user/scheduled_sends/{quote(batch_id, safe='')}"
         result = self.http.call("GET", path, self.retry, idempotent=True, what="scheduled_sends")
-        data = _ok_json(result, f"GET {path}")
+        data = ok_json(result, f"GET {path}")
         return data[0].get("status") if isinstance(data, list) and data else None
 
     def close(self) -> None:
@@ -395,16 +335,3 @@ class SendGridTransport:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _ok_json(result, what: str):
-    """The JSON of a 2xx reply, or SendGridError naming the endpoint, status and SendGrid's message."""
-    reply = result.reply
-    if reply is None:
-        raise SendGridError(f"{what}: no answer after {result.attempts} attempt(s): {result.error}")
-    if not 200 <= reply.status < 300:
-        raise SendGridError(f"{what}: HTTP {reply.status} after {result.attempts} attempt(s): {result.error}")
-    try:
-        return reply.json()
-    except ValueError as exc:
-        raise SendGridError(f"{what}: HTTP {reply.status} with a body that is not JSON") from exc

@@ -230,3 +230,27 @@ def market_sender(flow: str, job: Mapping[str, Any], *, run_id: str, try_number:
         yield sender
     finally:
         sender.close()
+
+
+def outcome_table(title: str, leading: list[str], results: list[dict]) -> tuple[list[str], dict[str, int]]:
+    """A flow's per-market outcome table for the task log: one line per market, then the totals.
+
+    ``results``: per market, ``market``, ``gate`` and ``values`` (the ``leading`` columns and the
+    send step's outcome counts). Returns the lines and the totals per column.
+    """
+    from remarketing.delivery.send_step import OUTCOMES
+
+    shown = [*leading, *OUTCOMES]
+    width = max(len(o) for o in shown)
+    lines = [title, "  " + "market".ljust(8) + "".join(o.rjust(width + 1) for o in shown)]
+    totals: dict[str, int] = {}
+    for result in sorted(results, key=lambda r: r["market"]):
+        values = result["values"]
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0) + int(value)
+        gate = "" if result["gate"]["status"] == "open" else f"  gate {result['gate']['status']}"
+        lines.append(
+            "  " + result["market"].ljust(8) + "".join(str(values.get(o, 0)).rjust(width + 1) for o in shown) + gate
+        )
+    lines.append("  " + "all".ljust(8) + "".join(str(totals.get(o, 0)).rjust(width + 1) for o in shown))
+    return lines, totals

@@ -15,7 +15,8 @@ from remarketing.delivery.messages import Message, SendResult
 from remarketing.delivery.outbox import OutboxTransport
 from remarketing.delivery.retry import RetryPolicy
 from remarketing.delivery.sendgrid_api import SUPPRESSION_KINDS, SendGridApi
-from remarketing.delivery.sendgrid_transport import SendGridError, SendGridTransport, build_mail, validate_message
+from remarketing.delivery.sendgrid_client import SendGridError
+from remarketing.delivery.sendgrid_transport import SendGridTransport, build_mail, validate_message
 
 __all__ = [
     "SUPPRESSION_KINDS",

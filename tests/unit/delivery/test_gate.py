@@ -67,8 +67,9 @@ def send(engine, run_id, market_code, keys, *, now=NOW, status="accepted", kind=
             "step": "1",
             "customer_ref": [k.split("/")[2] for k in keys],
             "customer_id": None,
-            "subject_id": [k.split("/")[3] for k in keys],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [k.split("/")[3].removeprefix("cart") for k in keys],
+            "variant": "v1",
             "send_at": send_at if send_at is not None else pd.NaT,
         }
     )
@@ -225,7 +226,9 @@ def test_warmup_remaining_counts_the_markets_local_day(engine):
     tokyo = market("JP", zone="Asia/Tokyo", locales=["ja-JP"], warmup_daily_cap=10,
                    holidays={"country": "JP", "policy": "target"})  # fmt: skip
     now = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 01:00 on the 21st in Tokyo
-    keys = [ledger.ledger_key("cart_recovery", 1, i, f"cart{i}", "v1") for i in range(9)]
+    keys = [
+        ledger.ledger_key("cart_recovery", i, step=1, subject_kind="cart", subject_id=i, variant="v1") for i in range(9)
+    ]
     send(engine, "r1", "JP", keys[:3], now=now - timedelta(hours=2))  # 23:00 the day before, Tokyo time
     send(engine, "r2", "JP", keys[3:5], now=now - timedelta(minutes=30))  # today
     send(engine, "r3", "JP", keys[5:6], now=now - timedelta(minutes=20), status="unknown")  # may have gone out
@@ -303,7 +306,9 @@ def test_three_per_seven_days_holds_in_every_window_containing_the_new_mail():
 
 
 def test_caps_read_the_ledger_history_including_scheduled_and_unknown_mail(engine):
-    keys = [ledger.ledger_key("cart_recovery", 1, i, f"cart{i}", "v1") for i in range(4)]
+    keys = [
+        ledger.ledger_key("cart_recovery", i, step=1, subject_kind="cart", subject_id=i, variant="v1") for i in range(4)
+    ]
     send(engine, "r1", "DE", keys[:1], now=at(-30), send_at=[pd.Timestamp(at(-10))])  # delivered 10 h ago
     send(engine, "r1", "DE", keys[1:2], now=at(-3), status="unknown")
     send(engine, "r1", "DE", keys[2:3], now=at(-3), status="rejected")  # never reached the customer

@@ -47,15 +47,22 @@ def rows(keys, *, customers=None, send_at=None, kind="recovery") -> pd.DataFrame
             "step": "1",
             "customer_ref": customers or [k.split("/")[2] for k in keys],
             "customer_id": [k.split("/")[2][1:] for k in keys],
-            "subject_id": [k.split("/")[3] for k in keys],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [k.split("/")[3].removeprefix("cart") for k in keys],
+            "variant": "v1",
             "send_at": send_at if send_at is not None else pd.NaT,
         }
     )
 
 
-def keys_for(n, prefix="cart"):
-    return [ledger.ledger_key("cart_recovery", 1, i, f"{prefix}{i}", "v1") for i in range(n)]
+def cart_key(customer_id, cart_id, step=1, *, email=None) -> str:
+    return ledger.ledger_key(
+        "cart_recovery", customer_id, step=step, subject_kind="cart", subject_id=cart_id, variant="v1", email=email
+    )
+
+
+def keys_for(n):
+    return [cart_key(i, i) for i in range(n)]
 
 
 def statuses(engine) -> dict[str, str]:
@@ -71,30 +78,48 @@ def accepted(keys) -> SendResult:
 
 
 def test_ledger_key_is_readable_and_holds_no_personal_data():
-    assert ledger.ledger_key("cart_recovery", 1, 42, "cart9001", "v1") == "cart_recovery/1/c42/cart9001/v1"
-    assert ledger.ledger_key("cart_recovery", 2, 42.0, "cart9001", "v1") == "cart_recovery/2/c42/cart9001/v1"
-    guest = ledger.ledger_key("cart_recovery", 1, None, "cart7", "v1", email="  Anna.Muster@Example.COM ")
-    same = ledger.ledger_key("cart_recovery", 1, float("nan"), "cart7", "v1", email="anna.muster@example.com")
-    other = ledger.ledger_key("cart_recovery", 1, None, "cart7", "v1", email="anna.other@example.com")
+    assert cart_key(42, 9001) == "cart_recovery/1/c42/cart9001/v1"
+    assert cart_key(42.0, "9001", step=2) == "cart_recovery/2/c42/cart9001/v1"
+    guest = cart_key(None, 7, email="  Anna.Muster@Example.COM ")
+    same = cart_key(float("nan"), 7, email="anna.muster@example.com")
+    other = cart_key(None, 7, email="anna.other@example.com")
     assert guest == same != other
     assert "anna" not in guest.lower() and "example" not in guest.lower()
     assert guest.split("/")[2].startswith("g") and len(guest.split("/")[2]) == 21
 
 
+def test_each_flow_spells_its_key_as_before_the_columns_had_one_meaning():
+    """Keys travel to SendGrid and come back with its events: the columns changed, the keys did not."""
+    welcome = ledger.ledger_key(
+        "welcome_series", 7, step="reminder", subject_kind="series", subject_id="welcome", variant="v1"
+    )
+    campaign = ledger.ledger_key(
+        "market_campaign", 7, arm="b", subject_kind="campaign", subject_id="spring", variant="v2"
+    )
+    assert welcome == "welcome_series/reminder/c7/welcome/v1"
+    assert campaign == "market_campaign/b/c7/spring/v2"
+    both = ledger.ledger_key("x_flow", 7, step=2, arm="a", subject_kind="campaign", subject_id="s", variant="v1")
+    assert both == "x_flow/2-a/c7/s/v1"
+
+
+GOOD = {"step": 1, "subject_kind": "cart", "subject_id": 9, "variant": "v1"}
+
+
 @pytest.mark.parametrize(
-    ("args", "field"),
+    ("flow", "fields", "field"),
     [
-        (("cart_recovery", 1, 42, "cart/9", "v1"), "subject_id"),
-        (("cart_recovery", None, 42, "cart9", "v1"), "step"),
-        (("cart_recovery", 1, 42, "cart9", " "), "content_version"),
-        (("cart recovery", 1, 42, "cart9", "v1"), "flow"),
+        ("cart_recovery", {"subject_id": "9/1"}, "subject_id"),
+        ("cart_recovery", {"step": None}, "step or an A/B arm"),
+        ("cart_recovery", {"variant": " "}, "variant"),
+        ("cart_recovery", {"subject_kind": None}, "subject_kind"),
+        ("cart recovery", {}, "flow"),
     ],
 )
-def test_ledger_key_rejects_bad_fields_naming_them(args, field):
+def test_ledger_key_rejects_bad_fields_naming_them(flow, fields, field):
     with pytest.raises(LedgerError, match=field):
-        ledger.ledger_key(*args)
+        ledger.ledger_key(flow, 42, **{**GOOD, **fields})
     with pytest.raises(LedgerError, match="needs an email"):
-        ledger.ledger_key("cart_recovery", 1, None, "cart9", "v1")
+        cart_key(None, 9)
 
 
 def test_vectorised_keys_match_the_scalar_ones_and_name_the_customer_on_error():
@@ -103,21 +128,20 @@ def test_vectorised_keys_match_the_scalar_ones_and_name_the_customer_on_error():
             "customer_id": [42, None, 7],
             "email": ["a@example.com", "Guest@Example.com", "c@example.com"],
             "step": [1, 2, 3],
-            "subject_id": ["cart1", "cart2", "cart3"],
-            "content_version": ["v1", "v1", "v2"],
+            "subject_kind": "cart",
+            "subject_id": ["1", "2", "3"],
+            "variant": ["v1", "v1", "v2"],
         }
     )
     out = ledger.ledger_keys("cart_recovery", frame)
     expected = [
-        ledger.ledger_key("cart_recovery", s, c, j, v, email=e)
-        for c, e, s, j, v in frame[["customer_id", "email", "step", "subject_id", "content_version"]].itertuples(
-            index=False
-        )
+        ledger.ledger_key("cart_recovery", c, step=s, subject_kind="cart", subject_id=j, variant=v, email=e)
+        for c, e, s, j, v in frame[["customer_id", "email", "step", "subject_id", "variant"]].itertuples(index=False)
     ]
     assert out["ledger_key"].tolist() == expected
     assert out["customer_ref"].tolist()[0] == "c42" and out["customer_ref"].tolist()[1].startswith("g")
     with pytest.raises(LedgerError, match="customer c7: .*subject_id"):
-        ledger.ledger_keys("cart_recovery", frame.assign(subject_id=["cart1", "cart2", "a/b"]))
+        ledger.ledger_keys("cart_recovery", frame.assign(subject_id=["1", "2", "a/b"]))
 
 
 # --- schema -------------------------------------------------------------------------------------

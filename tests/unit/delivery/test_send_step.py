@@ -48,8 +48,9 @@ def audience(n: int, **columns) -> pd.DataFrame:
             "marketing_consent": True,
             "value": [float(i) for i in range(1, n + 1)],
             "step": 1,
-            "subject_id": [f"cart{i}" for i in range(1, n + 1)],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [f"{i}" for i in range(1, n + 1)],
+            "variant": "v1",
         }
     )
     for name, values in columns.items():
@@ -96,9 +97,9 @@ def run(engine, transport, frame, *, m=None, render=render_each, run_id="run-1",
     )
 
 
-def prior_send(engine, run_id, customer_id, subject, *, at, status="accepted"):
+def prior_send(engine, run_id, customer_id, cart, *, at, status="accepted"):
     ctx = ClaimContext(run_id, "DE", 1, FLOW)
-    key = ledger.ledger_key(FLOW, 1, customer_id, subject, "v1")
+    key = ledger.ledger_key(FLOW, customer_id, step=1, subject_kind="cart", subject_id=cart, variant="v1")
     frame = pd.DataFrame(
         {
             "ledger_key": [key],
@@ -106,8 +107,9 @@ def prior_send(engine, run_id, customer_id, subject, *, at, status="accepted"):
             "step": "1",
             "customer_ref": f"c{customer_id}",
             "customer_id": str(customer_id),
-            "subject_id": subject,
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": str(cart),
+            "variant": "v1",
             "send_at": pd.NaT,
         }
     )
@@ -129,8 +131,8 @@ def test_every_member_gets_exactly_one_outcome_and_the_server_agrees(engine, tra
     frame.loc[10, "email"] = "group-unsub@example.com"  # 11: unsubscribed from this market's group
     add_local_suppression(engine, "unsubscribed@example.com", now=NOW - timedelta(days=1))
     add_local_suppression(engine, "group-unsub@example.com", kind="group_unsubscribes", group_id=1001, now=NOW)
-    prior_send(engine, "run-0", 7, "cart-old", at=NOW - timedelta(hours=5))  # 7: recovery cap (20 h)
-    prior_send(engine, "run-0", 10, "cart10", at=NOW - timedelta(days=1))  # 10: this very key, earlier run
+    prior_send(engine, "run-0", 7, "old", at=NOW - timedelta(hours=5))  # 7: recovery cap (20 h)
+    prior_send(engine, "run-0", 10, 10, at=NOW - timedelta(days=1))  # 10: this very key, earlier run
 
     def render(chunk):
         for message in render_each(chunk):
@@ -147,7 +149,12 @@ def test_every_member_gets_exactly_one_outcome_and_the_server_agrees(engine, tra
     summary = run(engine, transport, frame, render=render, outcomes_dir=tmp_path / "data")
 
     assert len(pq.read_table(summary.outcomes_path)) == 14  # one row per member
-    by_cart = pq.read_table(summary.outcomes_path).to_pandas().set_index("subject_id")
+    by_cart = (
+        pq.read_table(summary.outcomes_path)
+        .to_pandas()
+        .set_index("subject_id")
+        .rename(index=lambda cart: f"cart{cart}")
+    )
     expected = {
         "cart1": "sent",
         "cart2": "scheduled",
@@ -189,11 +196,17 @@ def test_every_member_gets_exactly_one_outcome_and_the_server_agrees(engine, tra
 
     # The server accepted exactly the sent and scheduled members, once, as SendGrid mail should look.
     recipients = {r["custom_args"]["ledger_key"]: r for r in sendgrid.accepted_recipients()}
-    sent_keys = {ledger.ledger_key(FLOW, 1, c, f"cart{j}", "v1") for c, j in ((1, 1), (2, 2), (8, 9))}
+    sent_keys = {
+        ledger.ledger_key(FLOW, c, step=1, subject_kind="cart", subject_id=j, variant="v1")
+        for c, j in ((1, 1), (2, 2), (8, 9))
+    }
     assert set(recipients) == sent_keys and set(sendgrid.ledger_key_counts().values()) == {1}
-    scheduled = recipients[ledger.ledger_key(FLOW, 1, 2, "cart2", "v1")]
+    scheduled = recipients[ledger.ledger_key(FLOW, 2, step=1, subject_kind="cart", subject_id="2", variant="v1")]
     assert scheduled["send_at"] == int(datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp())
-    assert recipients[ledger.ledger_key(FLOW, 1, 1, "cart1", "v1")]["send_at"] is None  # due now: no send_at
+    assert (
+        recipients[ledger.ledger_key(FLOW, 1, step=1, subject_kind="cart", subject_id="1", variant="v1")]["send_at"]
+        is None
+    )  # due now: no send_at
     assert {r["batch_id"] for r in recipients.values()} == {summary.batch_id} and summary.batch_id
     assert all(r["categories"][:3] == ["flow:cart_recovery", "market:DE", "step:1"] for r in recipients.values())
     assert all(r["asm"] == {"group_id": 1001} for r in recipients.values())
@@ -231,12 +244,14 @@ def test_a_halted_market_sends_nothing_and_says_why(engine, transport, sendgrid)
 
 def test_the_warmup_cap_sends_the_highest_values_first(engine, transport, sendgrid):
     capped_market = market(warmup_daily_cap=5)
-    prior_send(engine, "run-0", 100, "cart100", at=NOW - timedelta(minutes=30))  # already 1 today
+    prior_send(engine, "run-0", 100, 100, at=NOW - timedelta(minutes=30))  # already 1 today
     frame = audience(8, value=[5.0, 80.0, None, 20.0, 70.0, 10.0, 60.0, 30.0])
     summary = run(engine, transport, frame, m=capped_market)
     assert summary.counts["sent"] == 4 and summary.counts["capped"] == 4
     sent = {r["custom_args"]["ledger_key"] for r in sendgrid.accepted_recipients()}
-    assert sent == {ledger.ledger_key(FLOW, 1, c, f"cart{c}", "v1") for c in (2, 5, 7, 8)}
+    assert sent == {
+        ledger.ledger_key(FLOW, c, step=1, subject_kind="cart", subject_id=c, variant="v1") for c in (2, 5, 7, 8)
+    }
     second = run(engine, transport, audience(8), m=capped_market, run_id="run-2", now=NOW + timedelta(minutes=5))
     assert second.counts["capped"] == 4 and second.gate["warmup_remaining"] == 0  # the day is full
     assert len(sendgrid.accepted_recipients()) == 4
@@ -244,7 +259,7 @@ def test_the_warmup_cap_sends_the_highest_values_first(engine, transport, sendgr
 
 def test_a_retry_sends_what_was_claimed_and_never_resends_what_was_in_flight(engine, transport, sendgrid, tmp_path):
     frame = audience(6)
-    keys = [ledger.ledger_key(FLOW, 1, c, f"cart{c}", "v1") for c in range(1, 7)]
+    keys = [ledger.ledger_key(FLOW, c, step=1, subject_kind="cart", subject_id=c, variant="v1") for c in range(1, 7)]
     try1 = ClaimContext("run-1", "DE", 1, FLOW)
     claim_rows = pd.DataFrame(
         {
@@ -253,8 +268,9 @@ def test_a_retry_sends_what_was_claimed_and_never_resends_what_was_in_flight(eng
             "step": "1",
             "customer_ref": [f"c{c}" for c in range(1, 5)],
             "customer_id": [str(c) for c in range(1, 5)],
-            "subject_id": [f"cart{c}" for c in range(1, 5)],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [f"{c}" for c in range(1, 5)],
+            "variant": "v1",
             "send_at": pd.NaT,
         }
     )
@@ -306,7 +322,10 @@ def test_an_unsubscribe_during_the_run_is_honoured_for_later_chunks(engine, tran
 
     summary = run(engine, transport, audience(12), render=render, chunk_size=3)
     assert summary.counts["suppressed"] == 1 and summary.counts["sent"] == 11
-    assert ledger.ledger_key(FLOW, 1, 9, "cart9", "v1") not in sendgrid.ledger_key_counts()
+    assert (
+        ledger.ledger_key(FLOW, 9, step=1, subject_kind="cart", subject_id="9", variant="v1")
+        not in sendgrid.ledger_key_counts()
+    )
 
 
 def test_shared_content_is_split_by_send_time_and_guests_are_keyed_without_their_address(engine, transport, sendgrid):
@@ -342,7 +361,7 @@ def test_a_malformed_audience_is_refused_with_a_clear_error(engine, transport):
     with pytest.raises(ValueError, match="customer_id 2, market FR"):
         run(engine, transport, audience(2).assign(market=["DE", "FR"]))
     with pytest.raises(ValueError, match=re.escape("ledger key cart_recovery/1/c1/cart1/v1 appears twice")):
-        run(engine, transport, audience(2).assign(customer_id=[1, 1], subject_id=["cart1", "cart1"]))
+        run(engine, transport, audience(2).assign(customer_id=[1, 1], subject_id=["1", "1"]))
     with pytest.raises(ValueError, match="flow 'newsletter'"):
         send_market(
             flow="newsletter", market=market(), audience=audience(1), render=render_each, transport=transport,
@@ -351,11 +370,11 @@ def test_a_malformed_audience_is_refused_with_a_clear_error(engine, transport):
 
 
 def test_marketing_caps_count_recovery_mail_across_flows(engine, transport, sendgrid):
-    prior_send(engine, "run-0", 1, "cart-x", at=NOW - timedelta(hours=3))  # a recovery mail this morning
+    prior_send(engine, "run-0", 1, "x", at=NOW - timedelta(hours=3))  # a recovery mail this morning
     summary = send_market(
         flow="market_campaign",
         market=market(),
-        audience=audience(2, subject_id=["spring", "spring"]),
+        audience=audience(2, step=None, arm="a", subject_kind="campaign", subject_id=["spring", "spring"]),
         render=render_each,
         transport=transport,
         engine=engine,
@@ -365,13 +384,13 @@ def test_marketing_caps_count_recovery_mail_across_flows(engine, transport, send
         caps=FrequencyCaps(),
     )
     assert summary.counts["capped"] == 1 and summary.counts["sent"] == 1
-    assert set(sendgrid.ledger_key_counts()) == {"market_campaign/1/c2/spring/v1"}
+    assert set(sendgrid.ledger_key_counts()) == {"market_campaign/a/c2/spring/v1"}
 
 
 def test_a_retry_does_not_count_its_own_earlier_claims_twice_against_the_warmup_cap(engine, transport, sendgrid):
     try1 = ClaimContext("run-1", "DE", 1, FLOW)
     frame = audience(5, value=[50.0, 40.0, 30.0, 20.0, 10.0])
-    keys = [ledger.ledger_key(FLOW, 1, c, f"cart{c}", "v1") for c in (1, 2)]
+    keys = [ledger.ledger_key(FLOW, c, step=1, subject_kind="cart", subject_id=c, variant="v1") for c in (1, 2)]
     ledger.claim(
         engine,
         try1,
@@ -382,8 +401,9 @@ def test_a_retry_does_not_count_its_own_earlier_claims_twice_against_the_warmup_
                 "step": "1",
                 "customer_ref": ["c1", "c2"],
                 "customer_id": ["1", "2"],
-                "subject_id": ["cart1", "cart2"],
-                "content_version": "v1",
+                "subject_kind": "cart",
+                "subject_id": ["1", "2"],
+                "variant": "v1",
                 "send_at": pd.NaT,
             }
         ),
@@ -391,4 +411,6 @@ def test_a_retry_does_not_count_its_own_earlier_claims_twice_against_the_warmup_
     )  # try 1 died after claiming, before sending
     summary = run(engine, transport, frame, m=market(warmup_daily_cap=3), try_number=2)
     assert summary.counts["sent"] == 3 and summary.counts["capped"] == 2
-    assert set(sendgrid.ledger_key_counts()) == {ledger.ledger_key(FLOW, 1, c, f"cart{c}", "v1") for c in (1, 2, 3)}
+    assert set(sendgrid.ledger_key_counts()) == {
+        ledger.ledger_key(FLOW, c, step=1, subject_kind="cart", subject_id=c, variant="v1") for c in (1, 2, 3)
+    }

@@ -16,14 +16,8 @@ from fake_sendgrid import FakeSendGrid
 from remarketing.delivery.messages import Message, Recipient
 from remarketing.delivery.retry import HttpClient, MaybeSent, NotSent, Reply, RetryPolicy
 from remarketing.delivery.sendgrid_api import SendGridApi
-from remarketing.delivery.sendgrid_transport import (
-    SendGridError,
-    SendGridTransport,
-    build_mail,
-    host_from_connection,
-    pack_message,
-    validate_message,
-)
+from remarketing.delivery.sendgrid_client import SendGridError, host_from_connection
+from remarketing.delivery.sendgrid_transport import SendGridTransport, build_mail, pack_message, validate_message
 
 NOW = datetime(2026, 3, 27, 8, 0, tzinfo=UTC)
 

@@ -133,11 +133,11 @@ def test_targeting_by_stage_rfm_and_transition_combines_with_and():
 
 
 def test_rotation_picks_the_first_unseen_variant_and_none_after_all():
-    had = pd.DataFrame({"customer_id": [1, 2, 2, 3, 3, 3], "content_version": ["v1", "v1", "v2", "v1", "v2", "v3"]})
+    had = pd.DataFrame({"customer_id": [1, 2, 2, 3, 3, 3], "variant": ["v1", "v1", "v2", "v1", "v2", "v3"]})
     picked = campaigns_audience.pick_variants(pd.Series([1, 2, 3, 4]), had, ["v1", "v2", "v3"])
     assert picked.tolist() == ["v2", "v3", None, "v1"]
     assert campaigns_audience.pick_variants(
-        pd.Series([1]), pd.DataFrame(columns=["customer_id", "content_version"]), ["v1"]
+        pd.Series([1]), pd.DataFrame(columns=["customer_id", "variant"]), ["v1"]
     ).tolist() == ["v1"]
 
 
@@ -153,9 +153,7 @@ def test_the_audience_has_every_target_once_with_holdout_rotation_and_local_send
     targets = campaigns_audience.select_targets(frame, camp)
     de = targets[targets["market"] == "DE"]
     store = customers(de["customer_id"].iloc[1:])  # the first target has no customer row any more
-    had = pd.DataFrame(
-        {"customer_id": list(de["customer_id"]) * 2, "content_version": ["v1"] * len(de) + ["v2"] * len(de)}
-    )
+    had = pd.DataFrame({"customer_id": list(de["customer_id"]) * 2, "variant": ["v1"] * len(de) + ["v2"] * len(de)})
     had = had[had["customer_id"].isin(de["customer_id"].iloc[:10])]  # ten had both variants
     send_date = date(2026, 11, 25)
     result = campaigns_audience.campaign_audience(
@@ -168,7 +166,7 @@ def test_the_audience_has_every_target_once_with_holdout_rotation_and_local_send
     exhausted = skipped[skipped["outcome"] == "already_sent"]
     assert set(exhausted["reason"]) == {campaigns_model.REASON_EXHAUSTED}
     assert set(exhausted["customer_id"]) <= set(de["customer_id"].iloc[:10])
-    assert set(audience["content_version"]) == {"v1"} and set(audience["step"]) == {"a", "b"}
+    assert set(audience["variant"]) == {"v1"} and set(audience["arm"]) == {"a", "b"}
     assert (audience["subject_id"] == "autumn-test").all() and set(audience["locale"]) == {"de-DE"}
     midnight = pd.Timestamp("2026-11-25 00:00", tz="Europe/Berlin").tz_convert(UTC)
     assert (audience["earliest_at"] == midnight).all(), "the send day starts at local midnight"
@@ -258,14 +256,15 @@ def test_variant_history_reads_the_ledger_and_skips_retryable_rejections(tmp_pat
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
     upgrade(engine)
     base = {
-        "flow": campaigns_model.FLOW, "kind": "marketing", "step": "a", "market": "DE", "subject_id": "autumn-test",
+        "flow": campaigns_model.FLOW, "kind": "marketing", "arm": "a", "market": "DE",
+        "subject_kind": "campaign", "subject_id": "autumn-test",
         "run_id": "r", "claim_token": "t", "claimed_at": NOW, "attempts": 1,
     }  # fmt: skip
     rows = [
-        {**base, "ledger_key": "k1", "customer_ref": "c1", "customer_id": "1", "content_version": "v1", "status": "accepted", "retryable": False},
-        {**base, "ledger_key": "k2", "customer_ref": "c2", "customer_id": "2", "content_version": "v1", "status": "rejected", "retryable": True},
-        {**base, "ledger_key": "k3", "customer_ref": "c3", "customer_id": "3", "content_version": "v2", "status": "unknown", "retryable": False},
-        {**base, "ledger_key": "k4", "customer_ref": "c4", "customer_id": "4", "content_version": "v1", "status": "accepted", "retryable": False, "subject_id": "other"},
+        {**base, "ledger_key": "k1", "customer_ref": "c1", "customer_id": "1", "variant": "v1", "status": "accepted", "retryable": False},
+        {**base, "ledger_key": "k2", "customer_ref": "c2", "customer_id": "2", "variant": "v1", "status": "rejected", "retryable": True},
+        {**base, "ledger_key": "k3", "customer_ref": "c3", "customer_id": "3", "variant": "v2", "status": "unknown", "retryable": False},
+        {**base, "ledger_key": "k4", "customer_ref": "c4", "customer_id": "4", "variant": "v1", "status": "accepted", "retryable": False, "subject_id": "other"},
     ]  # fmt: skip
     with engine.begin() as conn:
         conn.execute(send_ledger.insert(), rows)
@@ -295,4 +294,4 @@ def test_welcome_audience_once_per_customer_and_reminder_only_without_an_order()
     assert steps == {3: "member", 4: "member", 5: "member", 1: "reminder"}, "3 retried; 2 ordered; 6 too old"
     assert counts["already_welcomed"] == 2 and counts["reminder_ordered"] == 1
     assert (audience["earliest_at"] >= pd.Timestamp(NOW)).all()
-    assert set(audience["subject_id"]) == {"welcome"} and set(audience["content_version"]) == {"v1"}
+    assert set(audience["subject_id"]) == {"welcome"} and set(audience["variant"]) == {"v1"}

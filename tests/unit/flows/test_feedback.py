@@ -72,8 +72,9 @@ def audience(ids, *, step=1) -> pd.DataFrame:
             "marketing_consent": True,
             "value": [float(i) for i in ids],
             "step": step,
-            "subject_id": [f"cart{i}" for i in ids],
-            "content_version": "v1",
+            "subject_kind": "cart",
+            "subject_id": [f"{i}" for i in ids],
+            "variant": "v1",
         }
     )
 
@@ -159,7 +160,7 @@ def test_a_bounce_arriving_between_two_sends_stops_the_second(engine, sendgrid):
     first = send(engine, sendgrid, audience(range(1, 6)), run_id="run-1")
     assert first.counts["sent"] == 5
     accepted = {r["custom_args"]["ledger_key"]: r for r in sendgrid.accepted_recipients()}
-    bounced_key = ledger.ledger_key(FLOW, 1, 3, "cart3", "v1")
+    bounced_key = ledger.ledger_key(FLOW, 3, step=1, subject_kind="cart", subject_id="3", variant="v1")
     batch = [event_for(r, "delivered", NOW + timedelta(minutes=1)) for k, r in accepted.items() if k != bounced_key]
     batch.append(
         event_for(

@@ -99,6 +99,52 @@ def test_0008_fills_the_run_and_flow_of_outcomes_stored_before_it(engine):
     assert rows == {"k1": ("run-7", "cart_recovery"), "k-unknown": (None, None)}
 
 
+def _insert_ledger_row(conn, key: str, flow: str, step: str, subject_id: str, version: str) -> None:
+    conn.execute(
+        sa.text(
+            "INSERT INTO send_ledger (ledger_key, flow, kind, step, market, customer_ref, subject_id,"
+            " content_version, run_id, claim_token, status, retryable, claimed_at, attempts)"
+            " VALUES (:key, :flow, 'marketing', :step, 'DE', 'c1', :subject, :version, 'r', 't',"
+            " 'accepted', false, :at, 1)"
+        ),
+        {"key": key, "flow": flow, "step": step, "subject": subject_id, "version": version, "at": datetime.now(UTC)},
+    )
+
+
+def test_0009_gives_each_ledger_column_one_meaning_and_keeps_the_keys(engine):
+    """A step that was an A/B arm, a cart-prefixed subject, a content version that was a variant."""
+    state.upgrade(engine, "0008")
+    rows = [
+        ("cart_recovery/2/c1/cart9001/v1", "cart_recovery", "2", "cart9001", "v1"),
+        ("welcome_series/reminder/c1/welcome/v1", "welcome_series", "reminder", "welcome", "v1"),
+        ("market_campaign/b/c1/spring/v2", "market_campaign", "b", "spring", "v2"),
+        ("someone_elses/x/c1/thing/v9", "someone_elses", "x", "thing", "v9"),
+    ]
+    with engine.begin() as conn:
+        for row in rows:
+            _insert_ledger_row(conn, *row)
+    assert state.upgrade(engine) == state.head_revision()
+    with engine.connect() as conn:
+        got = {
+            r.ledger_key: (r.step, r.arm, r.subject_kind, r.subject_id, r.variant)
+            for r in conn.execute(sa.text("SELECT * FROM send_ledger"))
+        }
+    assert got == {
+        "cart_recovery/2/c1/cart9001/v1": ("2", None, "cart", "9001", "v1"),
+        "welcome_series/reminder/c1/welcome/v1": ("reminder", None, "series", "welcome", "v1"),
+        "market_campaign/b/c1/spring/v2": (None, "b", "campaign", "spring", "v2"),
+        "someone_elses/x/c1/thing/v9": ("x", None, "unknown", "thing", "v9"),
+    }
+    from remarketing.delivery import ledger
+
+    for key, (step, arm, kind, subject, variant) in got.items():
+        if kind != "unknown":
+            rebuilt = ledger.ledger_key(
+                key.split("/")[0], 1, step=step, arm=arm, subject_kind=kind, subject_id=subject, variant=variant
+            )
+            assert rebuilt == key, "the converted columns must rebuild the very key SendGrid's events carry"
+
+
 def test_the_api_servers_engine_follows_the_connection_and_is_migrated_once_per_database(tmp_path, monkeypatch):
     """The plugins live as long as the API server: an edited remarketing_db must be used at once."""
     from conftest import sqlite_conn_env

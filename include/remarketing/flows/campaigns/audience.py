@@ -10,9 +10,9 @@ per-market send goes through the shared send step like every flow. What this mod
   by a hash of (campaign, customer): the same customer is held out in every round, so the
   holdout is a stable control group. Held-out members are recorded, never mailed.
 * **A/B subject split** (``subject_arms``): another independent hash puts ``ab_share`` of the
-  mailed members on subject B. The arm is the ledger key's ``step``, so SendGrid's ``step:a`` /
-  ``step:b`` categories give the comparison.
-* **Content rotation** (``pick_variants``): the ledger's ``content_version`` is the variant.
+  mailed members on subject B. The arm is the ledger's ``arm``, and SendGrid's ``arm:a`` /
+  ``arm:b`` categories give the comparison.
+* **Content rotation** (``pick_variants``): the ledger's ``variant``.
   A customer gets the first variant (in the campaign's order) they have not had yet; one who
   had every variant is skipped with outcome ``already_sent`` and reason "had every variant".
   Two rounds can therefore never give a customer the same content twice, and the ledger key
@@ -43,6 +43,7 @@ from remarketing.flows.campaigns.model import (
     PRESEND_OUTCOMES,
     REASON_EXHAUSTED,
     REASON_THIS_DATE,
+    SUBJECT_KIND,
     Campaign,
     CampaignError,
 )
@@ -129,7 +130,7 @@ def select_targets(profiles: pd.DataFrame, campaign: Campaign, transitions: pd.D
 def pick_variants(customer_ids: pd.Series, had: pd.DataFrame, variants: Iterable[str]) -> pd.Series:
     """The first variant (in order) each customer has not had; None when they had every one.
 
-    ``had``: customer_id, content_version rows from the ledger (``variant_history``).
+    ``had``: customer_id, variant rows from the ledger (``variant_history``).
     """
     order = list(variants)
     ids = pd.Series(customer_ids).astype("int64")
@@ -138,7 +139,7 @@ def pick_variants(customer_ids: pd.Series, had: pd.DataFrame, variants: Iterable
     out = np.full(len(ids), None, dtype=object)
     values = ids.to_numpy()
     for variant in order:
-        seen = had.loc[had["content_version"] == variant, "customer_id"].to_numpy(dtype="int64")
+        seen = had.loc[had["variant"] == variant, "customer_id"].to_numpy(dtype="int64")
         free = pd.isna(out) & ~np.isin(values, seen)
         out[free] = variant
     return pd.Series(out, index=ids.index, dtype=object)
@@ -152,7 +153,7 @@ class CampaignAudience:
     """One market's members: ``audience`` for the send step, ``skipped`` with their pre-send outcome."""
 
     audience: pd.DataFrame
-    skipped: pd.DataFrame  # customer_id, market, outcome, reason, content_version, step
+    skipped: pd.DataFrame  # customer_id, market, outcome, reason, variant, arm
 
     def counts(self) -> dict[str, int]:
         return {o: int((self.skipped["outcome"] == o).sum()) for o in PRESEND_OUTCOMES}
@@ -181,7 +182,7 @@ def campaign_audience(
     """Targets of one market -> holdout, rotation, arms, and the send step's audience columns.
 
     ``customers``: the clean store customers (email, names, locale, zone, consent); ``had``:
-    ledger history of this campaign (customer_id, content_version). ``had_this_date``:
+    ledger history of this campaign (customer_id, variant). ``had_this_date``:
     customers an earlier run already mailed for this calendar date (``had_calendar_date``):
     skipped as ``already_sent``, not given the next variant, because one calendar date is one
     round. Members whose day starts before ``now`` get ``now`` as their earliest instant.
@@ -190,49 +191,47 @@ def campaign_audience(
 
     mine = targets[targets["market"] == market.code]
     people = customers.drop_duplicates("customer_id").set_index("customer_id")
-    known = mine["customer_id"].isin(people.index).to_numpy()
-    skipped = []
-    if (~known).any():
-        gone = mine.loc[~known, ["customer_id"]].assign(
-            outcome="invalid_address", reason="no customer row in the store mirror", content_version=None, step=None
-        )
-        skipped.append(gone)
-    mine = mine.loc[known]
+    skipped: list[pd.DataFrame] = []
+    mine = _skip(mine, ~mine["customer_id"].isin(people.index), skipped, "invalid_address",
+                 "no customer row in the store mirror")  # fmt: skip
     held = holdout_mask(campaign.campaign_id, mine["customer_id"], campaign.holdout_share)
-    if held.any():
-        skipped.append(
-            mine.loc[held, ["customer_id"]].assign(
-                outcome=HOLDOUT,
-                reason=f"holdout ({campaign.holdout_share:.0%} control group)",
-                content_version=None,
-                step=None,
-            )
-        )
-    mine = mine.loc[~held]
-    this_date = mine["customer_id"].isin(set(had_this_date)).to_numpy()
-    if this_date.any():
-        skipped.append(
-            mine.loc[this_date, ["customer_id"]].assign(
-                outcome="already_sent", reason=REASON_THIS_DATE, content_version=None, step=None
-            )
-        )
-        mine = mine.loc[~this_date]
+    mine = _skip(mine, held, skipped, HOLDOUT, f"holdout ({campaign.holdout_share:.0%} control group)")
+    mine = _skip(mine, mine["customer_id"].isin(set(had_this_date)), skipped, "already_sent", REASON_THIS_DATE)
     variant = pick_variants(mine["customer_id"], had, [v.id for v in campaign.variants])
-    exhausted = variant.isna().to_numpy()
-    if exhausted.any():
-        skipped.append(
-            mine.loc[exhausted, ["customer_id"]].assign(
-                outcome="already_sent", reason=REASON_EXHAUSTED, content_version=None, step=None
-            )
-        )
-    mine = mine.loc[~exhausted]
-    variant = variant[~exhausted]
+    mine = _skip(mine, variant.isna(), skipped, "already_sent", REASON_EXHAUSTED)
+    variant = variant[variant.notna().to_numpy()]
     arms = subject_arms(campaign.campaign_id, mine["customer_id"], campaign.ab_share if campaign.subject_b else None)
-    rows = people.loc[mine["customer_id"].to_numpy()]
-    from remarketing.content.engine import normalize_locale
+    audience = _send_columns(mine, people.loc[mine["customer_id"].to_numpy()], market, campaign)
+    audience["arm"] = arms
+    audience["variant"] = variant.to_numpy(dtype=object)
+    cfg = MarketConfig(markets={market.code: market})
+    zones = resolve_time_zones(audience[["market", "time_zone", "country", "region"]], cfg)
+    audience["time_zone"] = zones["time_zone"].to_numpy(dtype=object)
+    start = local_day_start(send_date, audience["time_zone"])
+    audience["earliest_at"] = start.where(start > pd.Timestamp(now), pd.Timestamp(now).tz_convert(UTC))
+    skipped_frame = (
+        pd.concat(skipped, ignore_index=True)
+        if skipped
+        else pd.DataFrame(columns=["customer_id", "outcome", "reason", "variant", "arm"])
+    )
+    skipped_frame["market"] = market.code
+    return CampaignAudience(audience=audience, skipped=skipped_frame.reset_index(drop=True))
+
+
+def _skip(mine: pd.DataFrame, mask, skipped: list[pd.DataFrame], outcome: str, reason: str) -> pd.DataFrame:
+    """Members under ``mask`` leave the audience with their outcome (appended to ``skipped``); the rest stay."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.any():
+        skipped.append(mine.loc[mask, ["customer_id"]].assign(outcome=outcome, reason=reason, variant=None, arm=None))
+    return mine.loc[~mask]
+
+
+def _send_columns(mine: pd.DataFrame, rows: pd.DataFrame, market: Market, campaign: Campaign) -> pd.DataFrame:
+    """The send step's columns for the mailed members: address, names, locale, zone, consent, value."""
+    from remarketing.content.locales import normalize_locale
 
     locale = rows["locale"].map(normalize_locale) if "locale" in rows else pd.Series(None, index=rows.index)
-    audience = pd.DataFrame(
+    return pd.DataFrame(
         {
             "customer_id": mine["customer_id"].astype("int64").to_numpy(),
             "email": rows["email"].to_numpy(dtype=object),
@@ -250,23 +249,10 @@ def campaign_audience(
             .to_numpy(),
             "value": pd.to_numeric(mine["monetary"], errors="coerce").to_numpy(dtype="float64"),
             "best_hour": pd.array(mine["preferred_purchase_hour"], dtype="Int64"),
-            "step": arms,
+            "subject_kind": SUBJECT_KIND,
             "subject_id": campaign.subject_id,
-            "content_version": variant.to_numpy(dtype=object),
         }
     )
-    cfg = MarketConfig(markets={market.code: market})
-    zones = resolve_time_zones(audience[["market", "time_zone", "country", "region"]], cfg)
-    audience["time_zone"] = zones["time_zone"].to_numpy(dtype=object)
-    start = local_day_start(send_date, audience["time_zone"])
-    audience["earliest_at"] = start.where(start > pd.Timestamp(now), pd.Timestamp(now).tz_convert(UTC))
-    skipped_frame = (
-        pd.concat(skipped, ignore_index=True)
-        if skipped
-        else pd.DataFrame(columns=["customer_id", "outcome", "reason", "content_version", "step"])
-    )
-    skipped_frame["market"] = market.code
-    return CampaignAudience(audience=audience, skipped=skipped_frame.reset_index(drop=True))
 
 
 def send_horizon(send_date: date, market: Market, now: datetime, zones: Iterable[str] = ()) -> timedelta:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from remarketing.content.context import base_context, http_url, pick_localized, product_grid, text_or_none, utm_tags
-from remarketing.content.engine import RenderError
+from remarketing.content.errors import RenderError
 from remarketing.flows.campaigns.model import ARMS, FLOW, Campaign, CampaignError
 from remarketing.markets import Market, MarketConfig
 
@@ -90,7 +90,7 @@ def campaign_renderer(campaign: Campaign, market, secret: bytes, renderer=None):
         flow=FLOW,
         market=market,
         secret=secret,
-        group_columns=("content_version", "step"),
+        group_columns=("variant", "arm"),
         content=content,
         categories=lambda key: (f"campaign:{campaign.campaign_id}", f"variant:{key[0]}"),
         custom_args=lambda key: {"campaign": campaign.campaign_id, "variant": key[0]},
@@ -105,7 +105,8 @@ def check_localized(campaign: Campaign, markets: MarketConfig, renderer=None) ->
     market, a text only in another language, a broken URL). Returns notes on locales that fall
     back to another language's text (a market's secondary locales).
     """
-    from remarketing.content.engine import MailRenderer, RenderError
+    from remarketing.content.errors import RenderError
+    from remarketing.content.renderer import MailRenderer
 
     renderer = renderer or MailRenderer()
     notes = []
@@ -150,13 +151,13 @@ def check_localized(campaign: Campaign, markets: MarketConfig, renderer=None) ->
 
 
 def _placeholders():
-    from remarketing.content.engine import SHARED_PLACEHOLDERS
+    from remarketing.content.renderer import SHARED_PLACEHOLDERS
 
     return SHARED_PLACEHOLDERS
 
 
 def _language_of(value: Mapping[str, Any], locale: str) -> Any:
-    from remarketing.content.engine import normalize_locale
+    from remarketing.content.locales import normalize_locale
 
     language = locale.split("-")[0]
     for key, text in value.items():

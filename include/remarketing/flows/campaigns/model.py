@@ -17,6 +17,7 @@ from remarketing.flows.campaigns.params import CAMPAIGN_ID_PATTERN, VARIANT_ID_P
 from remarketing.markets import Market
 
 FLOW = "market_campaign"
+SUBJECT_KIND = "campaign"
 TEMPLATES = ("campaign/generic",)
 STAGES = ("prospect", "new", "active", "vip", "at_risk", "dormant")  # segments.STAGES (tested equal)
 ARMS = ("a", "b")

@@ -67,9 +67,23 @@ LOCALIZED = {
 def campaign_params() -> dict:
     """The DAG's Params: who (campaign id, markets, stages, RFM segments, transitions), what (template,
     subjects, content, variants, A/B, holdout), when (send date), and how (dry run, rehearsal, refresh)."""
+    from remarketing.platform.dag_parts import as_of_param, dry_run_param, full_refresh_param
+
+    return {
+        **_who(),
+        **_what(),
+        **_when(),
+        "dry_run": dry_run_param("Audience, outcomes and rendered samples; claim and send nothing."),
+        "as_of": as_of_param(),
+        "full_refresh": full_refresh_param("Re-read the customers table in full."),
+    }
+
+
+def _who() -> dict:
+    """Targeting: the campaign, its markets, stages, RFM segments and recent transitions."""
     from airflow.sdk import Param
 
-    from remarketing.platform.dag_parts import as_of_param, dry_run_param, full_refresh_param, markets_param
+    from remarketing.platform.dag_parts import markets_param
 
     return {
         "campaign_id": Param(
@@ -100,6 +114,14 @@ def campaign_params() -> dict:
             description="Target customers who entered this stage within `within_days` days (e.g. at_risk).",
         ),
         "within_days": Param(7, type="integer", minimum=1, maximum=365, description="Window for `became`, in days."),
+    }
+
+
+def _what() -> dict:
+    """Content: template, subjects, content fields, rotation variants, the A/B subject, the holdout."""
+    from airflow.sdk import Param
+
+    return {
         "template": Param(TEMPLATES[0], type="string", enum=TEMPLATES, description="The mail template."),
         "subject": Param(
             {}, **LOCALIZED, description='Subject per locale, e.g. {"de": "...", "fr": "...", "en": "..."}.'
@@ -144,13 +166,17 @@ def campaign_params() -> dict:
             maximum=0.5,
             description="Control group: this share of the audience is held out (recorded, not mailed).",
         ),
+    }
+
+
+def _when() -> dict:
+    from airflow.sdk import Param
+
+    return {
         "send_date": Param(
             None,
             type=["null", "string"],
             format="date",
             description="Local day to send on (YYYY-MM-DD), at most 72 h ahead. Empty = today.",
         ),
-        "dry_run": dry_run_param("Audience, outcomes and rendered samples; claim and send nothing."),
-        "as_of": as_of_param(),
-        "full_refresh": full_refresh_param("Re-read the customers table in full."),
     }

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from remarketing.flows.campaigns.model import FLOW, Campaign, CampaignError
+from remarketing.flows.campaigns.model import FLOW, SUBJECT_KIND, Campaign, CampaignError
 from remarketing.markets import Market
 
 MEMBER_COLUMNS = ("customer_id", "outcome", "reason", "variant_id", "arm")
@@ -73,7 +73,7 @@ def pin_variants(engine: sa.Engine, campaign: Campaign, *, run_id: str, now: dat
 
 
 def variant_history(engine: sa.Engine, campaign_id: str, customer_ids: Iterable[int] | None = None) -> pd.DataFrame:
-    """(customer_id, content_version) of this campaign's ledger rows that count as had.
+    """(customer_id, variant) of this campaign's ledger rows that count as had.
 
     Every row except a retryable rejection (which a later run may send again): accepted,
     scheduled, unknown, in flight, or refused for good.
@@ -81,15 +81,16 @@ def variant_history(engine: sa.Engine, campaign_id: str, customer_ids: Iterable[
     from remarketing.delivery.ledger import send_ledger
 
     t = send_ledger.c
-    query = sa.select(t.customer_id, t.content_version).where(
+    query = sa.select(t.customer_id, t.variant).where(
         t.flow == FLOW,
+        t.subject_kind == SUBJECT_KIND,
         t.subject_id == campaign_id,
         t.customer_id.is_not(None),
         ~sa.and_(t.status == "rejected", t.retryable.is_(True)),
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    frame = pd.DataFrame(rows, columns=["customer_id", "content_version"])
+    frame = pd.DataFrame(rows, columns=["customer_id", "variant"])
     frame["customer_id"] = pd.to_numeric(frame["customer_id"], errors="coerce")
     frame = frame.dropna(subset=["customer_id"]).astype({"customer_id": "int64"})
     if customer_ids is not None:
@@ -110,6 +111,7 @@ def had_calendar_date(engine: sa.Engine, campaign_id: str, market: Market, send_
     t = send_ledger.c
     query = sa.select(t.customer_id).where(
         t.flow == FLOW,
+        t.subject_kind == SUBJECT_KIND,
         t.subject_id == campaign_id,
         t.market == market.code,
         t.customer_id.is_not(None),

@@ -40,22 +40,43 @@ def _send_date(value: str | None, market, now: datetime) -> date:
 
 def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -> list[dict]:
     """Which campaigns run in which markets today; writes each (campaign, market) audience. XCom: paths and counts."""
-    import pandas as pd
-
     from remarketing.delivery.tasks import resolve_now
-    from remarketing.flows.campaigns.audience import campaign_audience, select_targets, send_horizon
-    from remarketing.flows.campaigns.calendar import due_campaigns, load_calendar
-    from remarketing.flows.campaigns.mail import check_localized
-    from remarketing.flows.campaigns.model import campaign_from_params
-    from remarketing.flows.campaigns.store import had_calendar_date, pin_variants, variant_history
     from remarketing.markets import load_markets
     from remarketing.platform.connections import remarketing_engine
-    from remarketing.platform.storage import read_clean, run_folder
-    from remarketing.profiles.store import load_profiles, transitions_since
+    from remarketing.platform.storage import read_clean
 
     markets = load_markets()
     now = resolve_now(params.get("as_of"))
-    dry_run = bool(params.get("dry_run"))
+    planned, calendar = _planned(params, markets, now)
+    customers = read_clean(validated, "customers")
+    engine = remarketing_engine()
+    jobs: dict[str, dict] = {}
+    try:
+        profiles = _profiles_by_market(engine, sorted({code for _, code, _ in planned}))
+        for campaign, code, send_date in planned:
+            entry = _plan_one(
+                engine, campaign, markets[code], send_date, profiles=profiles, customers=customers, now=now,
+                calendar=calendar, dry_run=bool(params.get("dry_run")), run_id=run_id,
+            )  # fmt: skip
+            job = jobs.setdefault(
+                code,
+                {"market": code, "now": now.isoformat(), "rehearsal": bool(params.get("as_of")), "campaigns": []},
+            )
+            job["campaigns"].append(entry)
+    finally:
+        engine.dispose()
+    for job in jobs.values():
+        job["label"] = f"{job['market']} · " + ", ".join(c["campaign"]["campaign_id"] for c in job["campaigns"])
+    return [jobs[code] for code in sorted(jobs)]
+
+
+def _planned(params: Mapping[str, Any], markets, now) -> tuple[list[tuple], bool]:
+    """(campaign, market code, send date) pairs from the trigger form or the calendar, checked before any send."""
+    from remarketing.flows.campaigns.audience import send_horizon
+    from remarketing.flows.campaigns.calendar import due_campaigns, load_calendar
+    from remarketing.flows.campaigns.mail import check_localized
+    from remarketing.flows.campaigns.model import campaign_from_params
+
     selected = list(params.get("markets") or markets.codes)
     if params.get("campaign_id"):
         campaign = campaign_from_params({**params, "markets": selected})
@@ -65,82 +86,76 @@ def plan_campaigns(validated: dict, *, params: Mapping[str, Any], run_id: str) -
         due = due_campaigns(load_calendar(markets=markets), markets, now, only=selected)
         planned = [(d.campaign, d.market, d.send_date) for d in due]
         source = "calendar"
-    calendar = source == "calendar"
     print(f"{source}: {len(planned)} campaign-market pair(s) as of {now.isoformat()}")
     for campaign in {c.campaign_id: c for c, _, _ in planned}.values():
         for note in check_localized(campaign, markets):
             print(f"  {campaign.campaign_id}: {note}")
     for _campaign, code, send_date in planned:
         send_horizon(send_date, markets[code], now)  # a past or too-distant date fails here, before any send
+    return planned, source == "calendar"
 
-    customers = read_clean(validated, "customers")
-    engine = remarketing_engine()
-    jobs: dict[str, dict] = {}
-    try:
-        profiles = {}
-        codes = sorted({code for _, code, _ in planned})
-        if codes:
-            profiles = {code: frame for code, frame in load_profiles(engine, markets=codes).groupby("market")}
-            if not profiles:
-                raise CampaignError(
-                    f"no customer profiles for {', '.join(codes)}: run the lifecycle_segments DAG first"
-                )
-        for campaign, code, send_date in planned:
-            market = markets[code]
-            mine = profiles.get(
-                code,
-                pd.DataFrame(
-                    columns=["customer_id", "market", "stage", "rfm_segment", "preferred_purchase_hour", "monetary"]
-                ),
-            )
-            transitions = None
-            if campaign.became:
-                since = now - timedelta(days=campaign.within_days)
-                transitions = transitions_since(
-                    engine, to_stage=campaign.became, since=since, markets=[code], current_only=True
-                )
-            targets = select_targets(mine, campaign, transitions)
-            had = variant_history(engine, campaign.campaign_id, targets["customer_id"])
-            # One calendar date is one round: whoever an earlier run scheduled it for is done.
-            had_this_date = had_calendar_date(engine, campaign.campaign_id, market, send_date) if calendar else set()
-            if not dry_run:
-                pin_variants(engine, campaign, run_id=run_id, now=now)
-            members = campaign_audience(
-                campaign=campaign, market=market, targets=targets, customers=customers, had=had,
-                send_date=send_date, now=now, had_this_date=had_this_date,
-            )  # fmt: skip
-            folder = run_folder("audiences", FLOW, campaign.campaign_id, run_id=run_id)
-            audience_path = folder / f"market={code}.parquet"
-            skipped_path = folder / f"market={code}-skipped.parquet"
-            write_frame(members.audience, audience_path)
-            write_frame(members.skipped, skipped_path)
-            counts = members.counts()
-            variants = members.audience["content_version"].value_counts().to_dict()
-            print(
-                f"  {code} {campaign.campaign_id} on {send_date.isoformat()}: targets {len(targets)}, "
-                f"to the send step {len(members.audience)}, held out {counts[HOLDOUT]}, "
-                f"already had it {counts['already_sent']}, no store row {counts['invalid_address']}; "
-                f"variants {variants}"
-            )
-            job = jobs.setdefault(
-                code,
-                {"market": code, "now": now.isoformat(), "rehearsal": bool(params.get("as_of")), "campaigns": []},
-            )
-            job["campaigns"].append(
-                {
-                    "campaign": campaign.model_dump(mode="json"),
-                    "send_date": send_date.isoformat(),
-                    "audience_path": str(audience_path),
-                    "skipped_path": str(skipped_path),
-                    "targets": int(len(targets)),
-                    "audience": int(len(members.audience)),
-                }
-            )
-    finally:
-        engine.dispose()
-    for job in jobs.values():
-        job["label"] = f"{job['market']} · " + ", ".join(c["campaign"]["campaign_id"] for c in job["campaigns"])
-    return [jobs[code] for code in sorted(jobs)]
+
+def _profiles_by_market(engine, codes: list[str]) -> dict:
+    """Stored profiles of the planned markets; none at all means lifecycle_segments never ran."""
+    from remarketing.profiles.store import load_profiles
+
+    if not codes:
+        return {}
+    profiles = {code: frame for code, frame in load_profiles(engine, markets=codes).groupby("market")}
+    if not profiles:
+        raise CampaignError(f"no customer profiles for {', '.join(codes)}: run the lifecycle_segments DAG first")
+    return profiles
+
+
+def _plan_one(engine, campaign, market, send_date, *, profiles, customers, now, calendar, dry_run, run_id) -> dict:
+    """One (campaign, market): targets, history, audience and skipped members to Parquet; the job entry."""
+    import pandas as pd
+
+    from remarketing.flows.campaigns.audience import campaign_audience, select_targets
+    from remarketing.flows.campaigns.store import had_calendar_date, pin_variants, variant_history
+    from remarketing.platform.storage import run_folder
+    from remarketing.profiles.store import transitions_since
+
+    code = market.code
+    columns = ["customer_id", "market", "stage", "rfm_segment", "preferred_purchase_hour", "monetary"]
+    mine = profiles.get(code, pd.DataFrame(columns=columns))
+    transitions = None
+    if campaign.became:
+        since = now - timedelta(days=campaign.within_days)
+        transitions = transitions_since(
+            engine, to_stage=campaign.became, since=since, markets=[code], current_only=True
+        )
+    targets = select_targets(mine, campaign, transitions)
+    had = variant_history(engine, campaign.campaign_id, targets["customer_id"])
+    # One calendar date is one round: whoever an earlier run scheduled it for is done.
+    had_this_date = had_calendar_date(engine, campaign.campaign_id, market, send_date) if calendar else set()
+    if not dry_run:
+        pin_variants(engine, campaign, run_id=run_id, now=now)
+    members = campaign_audience(
+        campaign=campaign, market=market, targets=targets, customers=customers, had=had,
+        send_date=send_date, now=now, had_this_date=had_this_date,
+    )  # fmt: skip
+    folder = run_folder("audiences", FLOW, campaign.campaign_id, run_id=run_id)
+    audience_path = folder / f"market={code}.parquet"
+    skipped_path = folder / f"market={code}-skipped.parquet"
+    write_frame(members.audience, audience_path)
+    write_frame(members.skipped, skipped_path)
+    counts = members.counts()
+    variants = members.audience["variant"].value_counts().to_dict()
+    print(
+        f"  {code} {campaign.campaign_id} on {send_date.isoformat()}: targets {len(targets)}, "
+        f"to the send step {len(members.audience)}, held out {counts[HOLDOUT]}, "
+        f"already had it {counts['already_sent']}, no store row {counts['invalid_address']}; "
+        f"variants {variants}"
+    )
+    return {
+        "campaign": campaign.model_dump(mode="json"),
+        "send_date": send_date.isoformat(),
+        "audience_path": str(audience_path),
+        "skipped_path": str(skipped_path),
+        "targets": int(len(targets)),
+        "audience": int(len(members.audience)),
+    }
 
 
 # --- send ----------------------------------------------------------------------------------------
@@ -151,22 +166,19 @@ def _members(skipped, outcomes_path: str | None):
     import pandas as pd
 
     frames = [
-        skipped.assign(variant_id=skipped["content_version"], arm=skipped["step"])[
-            ["customer_id", "outcome", "reason", "variant_id", "arm"]
-        ]
+        skipped.rename(columns={"variant": "variant_id"})[["customer_id", "outcome", "reason", "variant_id", "arm"]]
     ]
     if outcomes_path:
         sent = read_frame(outcomes_path)
         if len(sent):
-            parts = sent["ledger_key"].str.split("/", expand=True)
             frames.append(
                 pd.DataFrame(
                     {
                         "customer_id": pd.to_numeric(sent["customer_id"]).astype("int64"),
                         "outcome": sent["outcome"],
                         "reason": sent["reason"],
-                        "variant_id": parts[4],
-                        "arm": sent["step"],
+                        "variant_id": sent["variant"],
+                        "arm": sent["arm"],
                     }
                 )
             )
@@ -178,7 +190,7 @@ def _members(skipped, outcomes_path: str | None):
 
 def send_campaign_market(job: dict, *, run_id: str, try_number: int, dry_run: bool) -> dict:
     """One market's campaigns, one after the other, through the shared send step; logs the outcome tables."""
-    from remarketing.content.engine import MailRenderer
+    from remarketing.content.renderer import MailRenderer
     from remarketing.delivery.send_step import OUTCOMES
     from remarketing.delivery.tasks import market_sender
     from remarketing.flows.campaigns.audience import send_horizon

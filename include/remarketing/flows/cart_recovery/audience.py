@@ -23,7 +23,8 @@ import pandas as pd
 from remarketing.flows.cart_recovery.config import CartRecoveryConfig
 
 FLOW = "cart_recovery"
-CONTENT_VERSION = "v1"
+SUBJECT_KIND = "cart"
+VARIANT = "v1"
 # Orders in these states mean the customer bought; a cancelled attempt does not.
 BUYING_STATUSES = ("placed", "shipped", "delivered", "refunded")
 POSSIBLY_SENT = ("claimed", "sending", "accepted", "unknown")
@@ -104,26 +105,7 @@ def scan_carts(
         undecided = reasons.loc[ids] == "due"
         reasons.loc[ids[undecided.to_numpy()]] = reason
 
-    values = cart_values(frames["cart_items"])
-    carts = carts.join(values, on="cart_id")
-    carts["cart_value"] = carts["cart_value"].fillna(0.0)
-    carts["lines"] = carts["lines"].fillna(0).astype("int64")
-    updated = _utc(carts["updated_at"])
-    changed = _utc(carts["items_changed_at"])
-    carts["last_change_at"] = updated.where(changed.isna() | (updated >= changed), changed)
-
-    # Who owns the cart: its customer, or the registered customer a guest address belongs to.
-    by_email = (
-        customers[customers["email"].notna()]
-        .assign(_email=lambda f: f["email"].str.strip().str.lower())
-        .drop_duplicates("_email")
-        .set_index("_email")["customer_id"]
-    )
-    guest_email = carts["email"].where(carts["email"].notna(), None)
-    guest_owner = guest_email.str.strip().str.lower().map(by_email)
-    carts["owner_id"] = carts["customer_id"].where(carts["customer_id"].notna(), guest_owner)
-    customer_email = carts["customer_id"].map(customers.set_index("customer_id")["email"])
-    carts["contact_email"] = customer_email.where(customer_email.notna(), guest_email)
+    carts = _with_value_and_owner(carts, frames["cart_items"], customers)
 
     mark(carts["status"] != "open", "not_open")
     mark(carts["lines"] == 0, "empty")
@@ -137,28 +119,9 @@ def scan_carts(
     mark(live & carts["cart_id"].ne(newest.reindex(carts.index)), "superseded")
     mark(_converted(carts, frames["cart_items"], frames["orders"], frames["order_items"]), "converted")
 
-    # Sequence position from the ledger.
-    sent = pd.DataFrame(columns=["cart_id", "step", "sent_at"])
-    if history is not None and not history.empty:
-        sent = history[history["status"].isin(POSSIBLY_SENT)][["cart_id", "step", "sent_at"]]
-    last = sent.sort_values("step").groupby("cart_id").last()
-    carts["sent_steps"] = carts["cart_id"].map(last["step"]).fillna(0).astype("int64")
-    last_sent = pd.to_datetime(last["sent_at"].reindex(carts["cart_id"]).to_numpy(), utc=True)
-    carts["last_sent_at"] = pd.Series(last_sent, index=carts.index, dtype="datetime64[ns, UTC]")
-    carts["step"] = carts["sent_steps"] + 1
+    _sequence_position(carts, history)
     mark(carts["step"] > len(config.steps), "sequence_done")
-
-    due_at = pd.Series(pd.NaT, index=carts.index, dtype="datetime64[ns, UTC]")
-    for step in config.steps:
-        at = carts["step"] == step.step
-        earliest = carts["last_change_at"] + pd.Timedelta(hours=step.delay_hours)
-        after_gap = carts["last_sent_at"] + pd.Timedelta(hours=step.min_gap_hours)
-        earliest = earliest.where(after_gap.isna() | (earliest >= after_gap), after_gap)
-        due_at = due_at.where(~at, earliest)
-        if step.min_cart_value is not None:
-            threshold = carts["currency"].map(step.min_cart_value)
-            mark(at & (threshold.isna() | (carts["cart_value"] < threshold)), "below_value_threshold")
-    carts["earliest_at"] = due_at
+    carts["earliest_at"] = _due_times(carts, config, mark)
     mark(carts["earliest_at"] > pd.Timestamp(now), "not_idle_yet")
 
     due = carts[reasons.loc[carts["cart_id"].to_numpy()].to_numpy() == "due"]
@@ -176,6 +139,61 @@ def scan_carts(
         "earliest_at",
     ]
     return CartScan(due=due[columns].reset_index(drop=True), reasons=reasons)
+
+
+def _with_value_and_owner(carts: pd.DataFrame, cart_items: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+    """Value, lines and last change of each cart; who owns it and where to write.
+
+    The owner is the cart's customer, or the registered customer a guest address belongs to.
+    """
+    carts = carts.join(cart_values(cart_items), on="cart_id")
+    carts["cart_value"] = carts["cart_value"].fillna(0.0)
+    carts["lines"] = carts["lines"].fillna(0).astype("int64")
+    updated = _utc(carts["updated_at"])
+    changed = _utc(carts["items_changed_at"])
+    carts["last_change_at"] = updated.where(changed.isna() | (updated >= changed), changed)
+    by_email = (
+        customers[customers["email"].notna()]
+        .assign(_email=lambda f: f["email"].str.strip().str.lower())
+        .drop_duplicates("_email")
+        .set_index("_email")["customer_id"]
+    )
+    guest_email = carts["email"].where(carts["email"].notna(), None)
+    guest_owner = guest_email.str.strip().str.lower().map(by_email)
+    carts["owner_id"] = carts["customer_id"].where(carts["customer_id"].notna(), guest_owner)
+    customer_email = carts["customer_id"].map(customers.set_index("customer_id")["email"])
+    carts["contact_email"] = customer_email.where(customer_email.notna(), guest_email)
+    return carts
+
+
+def _sequence_position(carts: pd.DataFrame, history: pd.DataFrame | None) -> None:
+    """Steps already (possibly) sent per cart, from the ledger: sets sent_steps, last_sent_at and the next step."""
+    sent = pd.DataFrame(columns=["cart_id", "step", "sent_at"])
+    if history is not None and not history.empty:
+        sent = history[history["status"].isin(POSSIBLY_SENT)][["cart_id", "step", "sent_at"]]
+    last = sent.sort_values("step").groupby("cart_id").last()
+    carts["sent_steps"] = carts["cart_id"].map(last["step"]).fillna(0).astype("int64")
+    last_sent = pd.to_datetime(last["sent_at"].reindex(carts["cart_id"]).to_numpy(), utc=True)
+    carts["last_sent_at"] = pd.Series(last_sent, index=carts.index, dtype="datetime64[ns, UTC]")
+    carts["step"] = carts["sent_steps"] + 1
+
+
+def _due_times(carts: pd.DataFrame, config: CartRecoveryConfig, mark) -> pd.Series:
+    """When each cart's next step is due: its delay after the last change, and its gap after the last mail.
+
+    Carts below a step's value threshold in their currency are marked here.
+    """
+    due_at = pd.Series(pd.NaT, index=carts.index, dtype="datetime64[ns, UTC]")
+    for step in config.steps:
+        at = carts["step"] == step.step
+        earliest = carts["last_change_at"] + pd.Timedelta(hours=step.delay_hours)
+        after_gap = carts["last_sent_at"] + pd.Timedelta(hours=step.min_gap_hours)
+        earliest = earliest.where(after_gap.isna() | (earliest >= after_gap), after_gap)
+        due_at = due_at.where(~at, earliest)
+        if step.min_cart_value is not None:
+            threshold = carts["currency"].map(step.min_cart_value)
+            mark(at & (threshold.isna() | (carts["cart_value"] < threshold)), "below_value_threshold")
+    return due_at
 
 
 def recovery_audience(scan: CartScan, customers: pd.DataFrame, markets, profiles: pd.DataFrame | None = None):
@@ -215,8 +233,9 @@ def recovery_audience(scan: CartScan, customers: pd.DataFrame, markets, profiles
             "last_change_at": due["last_change_at"],
         }
     )
-    audience["subject_id"] = "cart" + audience["cart_id"].astype(str)
-    audience["content_version"] = CONTENT_VERSION
+    audience["subject_kind"] = SUBJECT_KIND
+    audience["subject_id"] = audience["cart_id"].astype(str)
+    audience["variant"] = VARIANT
     zones = resolve_time_zones(audience[["market", "time_zone", "country", "region"]], markets)
     audience["time_zone"] = zones["time_zone"]
     audience["tz_source"] = zones["tz_source"]

@@ -12,7 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from remarketing.delivery.ledger import send_ledger
-from remarketing.flows.cart_recovery.audience import FLOW
+from remarketing.flows.cart_recovery.audience import FLOW, SUBJECT_KIND
 
 recovery_metadata = sa.MetaData()
 recovery_attributions = sa.Table(
@@ -41,14 +41,19 @@ def load_accepted_sends(engine: sa.Engine) -> tuple[pd.DataFrame, set[int]]:
         send_ledger.c.step,
         send_ledger.c.subject_id,
         sent_at.label("sent_at"),
-    ).where(send_ledger.c.flow == FLOW, send_ledger.c.status == "accepted", send_ledger.c.customer_id.is_not(None))
+    ).where(
+        send_ledger.c.flow == FLOW,
+        send_ledger.c.subject_kind == SUBJECT_KIND,
+        send_ledger.c.status == "accepted",
+        send_ledger.c.customer_id.is_not(None),
+    )
     with engine.connect() as conn:
         sends = pd.DataFrame(
             conn.execute(query).all(), columns=["customer_id", "market", "step", "subject_id", "sent_at"]
         )
         already = {int(o) for o in conn.execute(sa.select(recovery_attributions.c.order_id)).scalars()}
     sends["customer_id"] = pd.to_numeric(sends["customer_id"], errors="coerce")
-    sends["cart_id"] = pd.to_numeric(sends["subject_id"].str.removeprefix("cart"), errors="coerce")
+    sends["cart_id"] = pd.to_numeric(sends["subject_id"], errors="coerce")
     sends["step"] = pd.to_numeric(sends["step"], errors="coerce")
     sends["sent_at"] = pd.to_datetime(sends["sent_at"], utc=True)
     sends = sends.dropna(subset=["customer_id", "cart_id", "step", "sent_at"])

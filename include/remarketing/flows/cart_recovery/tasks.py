@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from remarketing.flows.cart_recovery.audience import FLOW
+from remarketing.flows.cart_recovery.audience import FLOW, SUBJECT_KIND
 from remarketing.platform.storage import read_clean, write_frame
 
 RECOVERY_TABLES = ("customers", "products", "carts", "cart_items", "orders", "order_items")
@@ -27,10 +27,10 @@ def ledger_history(engine) -> Any:
         send_ledger.c.step,
         send_ledger.c.status,
         sa.func.coalesce(send_ledger.c.send_at, send_ledger.c.finished_at, send_ledger.c.claimed_at).label("sent_at"),
-    ).where(send_ledger.c.flow == FLOW)
+    ).where(send_ledger.c.flow == FLOW, send_ledger.c.subject_kind == SUBJECT_KIND)
     with engine.connect() as conn:
         rows = pd.DataFrame(conn.execute(query).all(), columns=["subject_id", "step", "status", "sent_at"])
-    rows["cart_id"] = pd.to_numeric(rows["subject_id"].str.removeprefix("cart"), errors="coerce")
+    rows["cart_id"] = pd.to_numeric(rows["subject_id"], errors="coerce")
     rows["step"] = pd.to_numeric(rows["step"], errors="coerce")
     rows["sent_at"] = pd.to_datetime(rows["sent_at"], utc=True)
     return rows.dropna(subset=["cart_id", "step"]).astype({"cart_id": "int64", "step": "int64"})
@@ -146,24 +146,10 @@ def attribute_revenue(validated: dict, *, run_id: str) -> list[dict]:
 
 def summarize(results: list[dict], revenue: list[dict]) -> dict:
     """All markets in one table: outcomes and recovered revenue (all time, by currency)."""
-    from remarketing.delivery.send_step import OUTCOMES
+    from remarketing.delivery.tasks import outcome_table
 
-    shown = ["audience", *OUTCOMES]
-    width = max(len(o) for o in shown)
-    lines = [
-        "cart recovery, outcomes per market",
-        "  " + "market".ljust(8) + "".join(o.rjust(width + 1) for o in shown),
-    ]
-    totals: dict[str, int] = {}
-    for result in sorted(results, key=lambda r: r["market"]):
-        values = {"audience": result["audience"], **result["counts"]}
-        for k, v in values.items():
-            totals[k] = totals.get(k, 0) + v
-        gate = "" if result["gate"]["status"] == "open" else f"  gate {result['gate']['status']}"
-        lines.append(
-            "  " + result["market"].ljust(8) + "".join(str(values.get(o, 0)).rjust(width + 1) for o in shown) + gate
-        )
-    lines.append("  " + "all".ljust(8) + "".join(str(totals.get(o, 0)).rjust(width + 1) for o in shown))
+    rows = [{**r, "values": {"audience": r["audience"], **r["counts"]}} for r in results]
+    lines, totals = outcome_table("cart recovery, outcomes per market", ["audience"], rows)
     lines.append("recovered revenue (orders attributed to a recovery mail, all runs)")
     for row in revenue:
         lines.append(

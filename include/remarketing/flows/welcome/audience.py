@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 FLOW = "welcome_series"
+SUBJECT_KIND = "series"
 SUBJECT_ID = "welcome"
-CONTENT_VERSION = "v1"
+VARIANT = "v1"
 STEPS = ("member", "reminder")
 DEFAULT_LOOKBACK_DAYS = 14
 DEFAULT_REMINDER_AFTER_DAYS = 3
@@ -72,7 +73,6 @@ def welcome_audience(
     (audience, counts) with counts registered, already_welcomed, member_due, reminder_due,
     reminder_ordered (skipped: ordered since registering), reminder_done.
     """
-    from remarketing.content.engine import normalize_locale
     from remarketing.timing.send_windows import resolve_time_zones
 
     if now.tzinfo is None:
@@ -80,55 +80,67 @@ def welcome_audience(
     now_ts = pd.Timestamp(now).tz_convert("UTC")
     codes = list(selected) if selected is not None else [m.code for m in markets]
     people = customers[customers["market"].isin(codes)].copy()
-    registered = pd.to_datetime(people["registered_at"], utc=True)
-    people["registered_at"] = registered
+    people["registered_at"] = pd.to_datetime(people["registered_at"], utc=True)
     handled = history[~((history["status"] == "rejected") & history["retryable"])]
     counts: dict[str, int] = {}
-
-    # 1. The welcome mail.
-    window = registered.between(now_ts - pd.Timedelta(days=lookback_days), now_ts)
-    recent = people[window.to_numpy()]
-    welcomed = set(handled.loc[handled["step"] == "member", "customer_id"])
-    due_member = recent[~recent["customer_id"].isin(welcomed)].assign(step="member")
-    due_member["earliest_at"] = due_member["registered_at"]
-    counts["registered"] = int(len(recent))
-    counts["already_welcomed"] = int(len(recent) - len(due_member))
-    counts["member_due"] = int(len(due_member))
-
-    # 2. The reminder: member mail accepted long enough ago, no order since registering, no reminder yet.
+    due_member = _due_member(people, handled, now_ts, lookback_days, counts)
     due_reminder = people.iloc[0:0].assign(step="reminder", earliest_at=pd.Series(dtype="datetime64[ns, UTC]"))
     counts.update(reminder_due=0, reminder_ordered=0, reminder_done=0)
     if reminder:
         after = pd.Timedelta(days=reminder_after_days)
-        accepted = history[(history["step"] == "member") & (history["status"] == "accepted")]
-        ripe = accepted[
-            (accepted["sent_at"] <= now_ts - after)
-            & (accepted["sent_at"] >= now_ts - after - pd.Timedelta(days=lookback_days))
-        ]
-        candidates = people[people["customer_id"].isin(ripe["customer_id"])]
-        reminded = set(handled.loc[handled["step"] == "reminder", "customer_id"])
-        counts["reminder_done"] = int(candidates["customer_id"].isin(reminded).sum())
-        candidates = candidates[~candidates["customer_id"].isin(reminded)]
-        valid = orders[orders["status"].isin(VALID_ORDER_STATUSES)]
-        placed = valid[["customer_id", "placed_at"]].merge(
-            candidates[["customer_id", "registered_at"]], on="customer_id"
-        )
-        bought = set(
-            placed.loc[pd.to_datetime(placed["placed_at"], utc=True) >= placed["registered_at"], "customer_id"]
-        )
-        ordered = candidates["customer_id"].isin(bought)
-        counts["reminder_ordered"] = int(ordered.sum())
-        due_reminder = candidates[~ordered].assign(step="reminder")
-        sent_at = ripe.drop_duplicates("customer_id").set_index("customer_id")["sent_at"]
-        planned = sent_at.reindex(due_reminder["customer_id"].astype("int64").to_numpy()) + after
-        due_reminder["earliest_at"] = pd.Series(planned.to_numpy(), index=due_reminder.index, dtype=planned.dtype)
-        counts["reminder_due"] = int(len(due_reminder))
+        due_reminder = _due_reminder(people, orders, history, handled, now_ts, after, lookback_days, counts)
+    audience = _send_columns(pd.concat([due_member, due_reminder], ignore_index=True), markets, now_ts)
+    if len(audience):
+        zones = resolve_time_zones(audience[["market", "time_zone", "country", "region"]], markets)
+        audience["time_zone"] = zones["time_zone"].to_numpy(dtype=object)
+    return audience.reset_index(drop=True), counts
 
-    due = pd.concat([due_member, due_reminder], ignore_index=True)
+
+def _due_member(people, handled, now_ts, lookback_days: int, counts: dict[str, int]) -> pd.DataFrame:
+    """1. The welcome mail: registered within the lookback and not welcomed yet."""
+    registered = people["registered_at"]
+    recent = people[registered.between(now_ts - pd.Timedelta(days=lookback_days), now_ts).to_numpy()]
+    welcomed = set(handled.loc[handled["step"] == "member", "customer_id"])
+    due = recent[~recent["customer_id"].isin(welcomed)].assign(step="member")
+    due["earliest_at"] = due["registered_at"]
+    counts["registered"] = int(len(recent))
+    counts["already_welcomed"] = int(len(recent) - len(due))
+    counts["member_due"] = int(len(due))
+    return due
+
+
+def _due_reminder(people, orders, history, handled, now_ts, after, lookback_days: int, counts) -> pd.DataFrame:
+    """2. The reminder: member mail accepted long enough ago, no order since registering, no reminder yet."""
+    accepted = history[(history["step"] == "member") & (history["status"] == "accepted")]
+    ripe = accepted[
+        (accepted["sent_at"] <= now_ts - after)
+        & (accepted["sent_at"] >= now_ts - after - pd.Timedelta(days=lookback_days))
+    ]
+    candidates = people[people["customer_id"].isin(ripe["customer_id"])]
+    reminded = set(handled.loc[handled["step"] == "reminder", "customer_id"])
+    counts["reminder_done"] = int(candidates["customer_id"].isin(reminded).sum())
+    candidates = candidates[~candidates["customer_id"].isin(reminded)]
+    valid = orders[orders["status"].isin(VALID_ORDER_STATUSES)]
+    placed = valid[["customer_id", "placed_at"]].merge(candidates[["customer_id", "registered_at"]], on="customer_id")
+    bought = set(placed.loc[pd.to_datetime(placed["placed_at"], utc=True) >= placed["registered_at"], "customer_id"])
+    ordered = candidates["customer_id"].isin(bought)
+    counts["reminder_ordered"] = int(ordered.sum())
+    due = candidates[~ordered].assign(step="reminder")
+    sent_at = ripe.drop_duplicates("customer_id").set_index("customer_id")["sent_at"]
+    planned = sent_at.reindex(due["customer_id"].astype("int64").to_numpy()) + after
+    due["earliest_at"] = pd.Series(planned.to_numpy(), index=due.index, dtype=planned.dtype)
+    counts["reminder_due"] = int(len(due))
+    return due
+
+
+def _send_columns(due: pd.DataFrame, markets, now_ts) -> pd.DataFrame:
+    """The send step's columns for both mails; the newest registrations first under a warm-up cap."""
+    from remarketing.content.locales import normalize_locale
+
     market_locale = due["market"].map({m.code: m.primary_locale for m in markets})
     locale = due["locale"].map(normalize_locale)
     earliest = pd.to_datetime(due["earliest_at"], utc=True)
-    audience = pd.DataFrame(
+    return pd.DataFrame(
         {
             "customer_id": due["customer_id"].astype("int64"),
             "email": due["email"].astype(object),
@@ -148,11 +160,8 @@ def welcome_audience(
             # Warm-up cap: the newest registrations first (they remember signing up).
             "value": (pd.to_datetime(due["registered_at"], utc=True) - _EPOCH).dt.total_seconds().astype(np.float64),
             "step": due["step"].astype(object),
+            "subject_kind": SUBJECT_KIND,
             "subject_id": SUBJECT_ID,
-            "content_version": CONTENT_VERSION,
+            "variant": VARIANT,
         }
     )
-    if len(audience):
-        zones = resolve_time_zones(audience[["market", "time_zone", "country", "region"]], markets)
-        audience["time_zone"] = zones["time_zone"].to_numpy(dtype=object)
-    return audience.reset_index(drop=True), counts

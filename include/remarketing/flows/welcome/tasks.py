@@ -85,23 +85,9 @@ def send_welcome_market(job: dict, *, run_id: str, try_number: int, dry_run: boo
 
 def summarize(results: list[dict]) -> dict:
     """All markets in one table: welcome and reminder mails due, and the outcomes."""
-    from remarketing.delivery.send_step import OUTCOMES
+    from remarketing.delivery.tasks import outcome_table
 
-    shown = ["member", "reminder", *OUTCOMES]
-    width = max(len(o) for o in shown)
-    lines = [
-        "welcome series, outcomes per market",
-        "  " + "market".ljust(8) + "".join(o.rjust(width + 1) for o in shown),
-    ]
-    totals: dict[str, int] = {}
-    for result in sorted(results, key=lambda r: r["market"]):
-        values = {**result["steps"], **result["counts"]}
-        for key, value in values.items():
-            totals[key] = totals.get(key, 0) + int(value)
-        gate = "" if result["gate"]["status"] == "open" else f"  gate {result['gate']['status']}"
-        lines.append(
-            "  " + result["market"].ljust(8) + "".join(str(values.get(o, 0)).rjust(width + 1) for o in shown) + gate
-        )
-    lines.append("  " + "all".ljust(8) + "".join(str(totals.get(o, 0)).rjust(width + 1) for o in shown))
+    rows = [{**r, "values": {**r["steps"], **r["counts"]}} for r in results]
+    lines, totals = outcome_table("welcome series, outcomes per market", ["member", "reminder"], rows)
     print("\n".join(lines))
     return {"outcomes": totals}
