@@ -12,6 +12,8 @@ next call. Airflow Variables are read only where an environment variable may be 
 | ``REMARKETING_LIFECYCLE_FILE`` | lifecycle stage thresholds | ``include/lifecycle.yaml`` |
 | ``REMARKETING_CAMPAIGNS_FILE`` | the campaign calendar | ``include/campaigns.yaml`` |
 | ``REMARKETING_STORE_SQL_DIR`` | the mapping SQL, one file per table | ``include/sql/store/`` |
+| ``REMARKETING_FX_RATES`` | foreign-exchange rates, units per 1 EUR by date (CSV) | ``include/fx_rates.csv`` |
+| ``REMARKETING_STORE_TIME_ZONE`` | the zone of the store's timestamps that carry no offset | ``UTC`` |
 | ``REMARKETING_DATA_BASE`` | run data (an ObjectStoragePath URL) | ``file://$AIRFLOW_HOME/data`` |
 | ``REMARKETING_TRANSPORT`` | ``outbox`` or ``sendgrid`` | ``outbox`` |
 | ``REMARKETING_LINK_SECRET`` / Variable ``remarketing_link_secret`` | signs cart and unsubscribe links | none |
@@ -34,6 +36,8 @@ FLOWS_FILE_ENV = "REMARKETING_FLOWS_FILE"
 LIFECYCLE_FILE_ENV = "REMARKETING_LIFECYCLE_FILE"
 CAMPAIGNS_FILE_ENV = "REMARKETING_CAMPAIGNS_FILE"
 STORE_SQL_DIR_ENV = "REMARKETING_STORE_SQL_DIR"
+STORE_TIME_ZONE_ENV = "REMARKETING_STORE_TIME_ZONE"
+FX_RATES_FILE_ENV = "REMARKETING_FX_RATES"
 DATA_BASE_ENV = "REMARKETING_DATA_BASE"
 TRANSPORT_ENV = "REMARKETING_TRANSPORT"
 LINK_SECRET_ENV = "REMARKETING_LINK_SECRET"
@@ -49,6 +53,7 @@ DEFAULT_FLOWS_FILE = INCLUDE / "flows.yaml"
 DEFAULT_LIFECYCLE_FILE = INCLUDE / "lifecycle.yaml"
 DEFAULT_CAMPAIGNS_FILE = INCLUDE / "campaigns.yaml"
 DEFAULT_STORE_SQL_DIR = INCLUDE / "sql" / "store"
+DEFAULT_FX_RATES_FILE = INCLUDE / "fx_rates.csv"
 
 
 def _env(name: str) -> str | None:
@@ -75,6 +80,15 @@ def campaigns_file() -> Path:
 
 def store_sql_dir() -> Path:
     return Path(_env(STORE_SQL_DIR_ENV) or DEFAULT_STORE_SQL_DIR)
+
+
+def fx_rates_file() -> Path:
+    return Path(_env(FX_RATES_FILE_ENV) or DEFAULT_FX_RATES_FILE)
+
+
+def store_time_zone() -> str:
+    """The IANA zone a store timestamp without an offset is in (a shop exporting local time); ``UTC`` by default."""
+    return (_env(STORE_TIME_ZONE_ENV) or "UTC").strip()
 
 
 def data_base_url() -> str:
