@@ -134,6 +134,7 @@ class Deliverability(_Strict):
 class Market(_Strict):
     code: str = Field(pattern=r"^[A-Z]{2}$")
     name: str
+    countries: tuple[str, ...] = ()  # ISO 3166 codes served; empty: just the market's own code
     locales: tuple[str, ...] = Field(min_length=1)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     default_time_zone: str
@@ -201,6 +202,23 @@ class Market(_Strict):
                 raise ValueError(f"{day}: [{first}, {end}) is not a range of hours within 0..24")
         return value
 
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from babel.core import get_global
+
+        known = set(get_global("territory_currencies"))
+        for code in value:
+            if not re.fullmatch(r"[A-Z]{2}", code) or code not in known:
+                raise ValueError(f"{code!r} is not an ISO 3166 country code")
+        return value
+
+    @model_validator(mode="after")
+    def _own_country(self) -> Market:
+        if not self.countries:
+            object.__setattr__(self, "countries", (self.code,))
+        return self
+
     @model_validator(mode="after")
     def _zones_listed(self) -> Market:
         if self.default_time_zone not in self.time_zones:
@@ -229,6 +247,20 @@ class MarketConfig(_Strict):
     @property
     def codes(self) -> list[str]:
         return list(self.markets)
+
+    @model_validator(mode="after")
+    def _one_market_per_country(self) -> MarketConfig:
+        seen: dict[str, str] = {}
+        for market in self.markets.values():
+            for country in market.countries:
+                if country in seen:
+                    raise ValueError(f"country {country} is served by both {seen[country]} and {market.code}")
+                seen[country] = market.code
+        return self
+
+    def market_of_country(self) -> dict[str, str]:
+        """ISO country code -> the code of the market that serves it."""
+        return {country: market.code for market in self.markets.values() for country in market.countries}
 
 
 def markets_file() -> Path:
