@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pyarrow as pa
@@ -93,8 +94,14 @@ class Dialect:
 
     name: str  # sqlite | postgresql | mysql
     placeholder: str
+    zone: str = "UTC"  # the store's zone for timestamps without an offset (REMARKETING_STORE_TIME_ZONE)
 
     def timestamp_param(self, value: datetime) -> Any:
+        if self.zone != "UTC":
+            # Local wall time, as text: compares with text columns, and with timestamp columns in the
+            # session's zone (set to the store's zone in ``prepare``).
+            local = value.astimezone(ZoneInfo(self.zone)).replace(tzinfo=None)
+            return local if self.name == "mysql" else local.strftime("%Y-%m-%d %H:%M:%S.%f")
         value = value.astimezone(UTC)
         if self.name == "sqlite":
             # SQLAlchemy's SQLite DateTime text format; compares lexicographically as time.
@@ -107,7 +114,10 @@ class Dialect:
         """Make the session speak UTC so timestamps mean the same instant on every database."""
         if self.name in ("postgresql", "mysql"):
             cursor = conn.cursor()
-            cursor.execute("SET TIME ZONE 'UTC'" if self.name == "postgresql" else "SET time_zone = '+00:00'")
+            if self.name == "postgresql":
+                cursor.execute(f"SET TIME ZONE '{ZoneInfo(self.zone).key}'")
+            else:
+                cursor.execute("SET time_zone = '+00:00'")
             cursor.close()
 
     def streaming_cursor(self, conn: Any) -> Any:
@@ -125,27 +135,64 @@ class Dialect:
 def dialect_for(conn: Any) -> Dialect:
     """Recognise the driver behind a DB-API connection."""
     module = type(conn).__module__.split(".")[0]
+    zone = store_zone()
     if module == "sqlite3":
-        return Dialect("sqlite", "?")
+        return Dialect("sqlite", "?", zone)
     if module in ("psycopg", "psycopg2"):
-        return Dialect("postgresql", "%s")
+        return Dialect("postgresql", "%s", zone)
     if module in ("MySQLdb", "pymysql", "mysql"):
-        return Dialect("mysql", "%s")
+        return Dialect("mysql", "%s", zone)
     paramstyle = getattr(sys.modules.get(module), "paramstyle", None)
     raise StoreExtractError(f"unsupported DB-API driver {module!r} (paramstyle {paramstyle!r})")
+
+
+def store_zone() -> str:
+    """The configured store time zone, checked: an unknown zone is a setup error, not a shift of hours."""
+    name = settings.store_time_zone()
+    try:
+        return ZoneInfo(name).key
+    except (ValueError, ZoneInfoNotFoundError):
+        raise StoreExtractError(
+            f"{settings.STORE_TIME_ZONE_ENV}={name!r} is not an IANA time zone (e.g. Europe/London)"
+        ) from None
+
+
+def localize(series, zone: str):
+    """Timestamps (datetimes or ISO text) as aware UTC; those without an offset are wall time in ``zone``.
+
+    DST-correct: an ambiguous wall time (the hour repeated in autumn) is taken as its first
+    occurrence, a nonexistent one (skipped in spring) moves forward to the first valid instant.
+    """
+    import pandas as pd
+
+    series = pd.Series(series, dtype=object)
+    out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]")
+    present = series.notna()
+    if not present.any():
+        return out
+    text = series[present].map(lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+    has_offset = text.str.contains(r"(?:[Zz]|[+-]\d{2}:?\d{2})$", regex=True)
+    aware = pd.to_datetime(text[has_offset], utc=True, errors="coerce", format="ISO8601")
+    naive = pd.to_datetime(text[~has_offset], errors="coerce", format="ISO8601")
+    if len(aware):
+        out[aware.index] = aware.dt.as_unit("us")
+    if len(naive):
+        naive = naive.dt.tz_localize(zone, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward")
+        out[naive.index] = naive.dt.tz_convert("UTC").dt.as_unit("us")
+    return out
 
 
 # --------------------------------------------------------------------------- conversion
 
 
-def _careful_array(kind: str, raw: list) -> tuple[pa.Array, np.ndarray]:
+def _careful_array(kind: str, raw: list, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
     """Convert one column; return the typed array and which rows could not be converted."""
     import pandas as pd
 
     series = pd.Series(raw, dtype=object)
     present = series.notna().to_numpy()
     if kind == "timestamp":
-        converted = pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601")
+        converted = localize(series, zone)
         array = pa.array(converted, type=ARROW_TYPES[kind], from_pandas=True)
     elif kind in ("int", "float"):
         numeric = pd.to_numeric(series.map(_number_or_nan), errors="coerce")
@@ -188,12 +235,14 @@ def _bool_or_none(value: Any) -> bool | None:
     return None
 
 
-def _fast_array(kind: str, raw: list) -> pa.Array | None:
+def _fast_array(kind: str, raw: list, zone: str = "UTC") -> pa.Array | None:
     """Typed conversion for well-behaved columns; None when the column needs the careful path."""
     try:
         if kind == "timestamp":
             if any(isinstance(v, str) for v in raw):
                 return None
+            if zone != "UTC" and any(isinstance(v, datetime) and v.tzinfo is None for v in raw):
+                return None  # wall time in the store's zone: the careful path localizes it
             return pa.array(raw, type=ARROW_TYPES[kind])
         if kind == "float":
             array = pa.array(raw)
@@ -217,7 +266,7 @@ def _fast_array(kind: str, raw: list) -> pa.Array | None:
         return None
 
 
-def rows_to_batch(rows: list[tuple], spec: TableSpec) -> pa.RecordBatch:
+def rows_to_batch(rows: list[tuple], spec: TableSpec, zone: str = "UTC") -> pa.RecordBatch:
     """Typed Arrow batch from DB-API rows; values that do not fit their column become null
     and the row's ``_extract_issues`` says which column (never the value: it may be personal)."""
     schema = arrow_schema(spec)
@@ -226,9 +275,9 @@ def rows_to_batch(rows: list[tuple], spec: TableSpec) -> pa.RecordBatch:
     issues: dict[int, list[str]] = {}  # sparse: almost every row is clean
     for (name, kind), raw in zip(spec.columns.items(), columns, strict=True):
         raw = list(raw)
-        array = _fast_array(kind, raw)
+        array = _fast_array(kind, raw, zone)
         if array is None:
-            array, failed = _careful_array(kind, raw)
+            array, failed = _careful_array(kind, raw, zone)
             for index in failed.nonzero()[0].tolist():
                 issues.setdefault(index, []).append(f"{name}: not a valid {kind}")
         arrays.append(array)
@@ -254,16 +303,14 @@ class DeltaResult:
     max_updated_at: datetime | None
 
 
-def _as_utc(value: Any) -> datetime | None:
+def _as_utc(value: Any, zone: str = "UTC") -> datetime | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        import pandas as pd
-
-        stamp = pd.Timestamp(value)
-        return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, (str, datetime)):
+        stamp = localize([value], zone).iloc[0]
+        if stamp is None or stamp != stamp:  # NaT
+            raise StoreExtractError(f"updated_at {str(value)[:40]!r} is not a timestamp")
+        return stamp.to_pydatetime()
     raise TypeError(f"unexpected updated_at value of type {type(value).__name__}")
 
 
@@ -276,7 +323,7 @@ def plan_window(
     sql = sql if sql is not None else mapping_sql(table)
     cursor = conn.cursor()
     cursor.execute(f"SELECT MAX(src.updated_at) FROM ({sql}) src")
-    newest = _as_utc(cursor.fetchone()[0])
+    newest = _as_utc(cursor.fetchone()[0], dialect.zone)
     cursor.close()
     if newest is None:
         return ExtractWindow(lower=lower, upper=None)
@@ -298,7 +345,10 @@ def extract_delta(
     dialect.prepare(conn)
     sql = sql if sql is not None else mapping_sql(spec.name)
     schema = arrow_schema(spec)
-    column_list = ", ".join(f"src.{name}" for name in spec.columns)
+    given = mapping_columns(conn, sql) if spec.optional else set(spec.columns)
+    column_list = ", ".join(
+        f"src.{name}" if name in given or name not in spec.optional else f"NULL AS {name}" for name in spec.columns
+    )
     query = f"SELECT {column_list} FROM ({sql}) src"
     params: list[Any] = []
     if window.upper is not None:
@@ -320,7 +370,7 @@ def extract_delta(
             rows = cursor.fetchmany(chunk_rows)
             if not rows:
                 break
-            batch = rows_to_batch(rows, spec)
+            batch = rows_to_batch(rows, spec, dialect.zone)
             writer.write_batch(batch)
             rows_written += batch.num_rows
             batch_max = pc.max(batch.column("updated_at")).as_py()
@@ -330,6 +380,16 @@ def extract_delta(
             writer.write_table(schema.empty_table())
     cursor.close()
     return DeltaResult(rows=rows_written, max_updated_at=newest)
+
+
+def mapping_columns(conn: Any, sql: str) -> set[str]:
+    """The column names the mapping SQL returns (lower-cased), read without fetching a row."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute(f"SELECT * FROM ({sql}) src WHERE 1 = 0")
+        return {str(column[0]).lower() for column in cursor.description or ()}
+    finally:
+        cursor.close()
 
 
 def merge_snapshot(previous: pa.Table | None, delta: pa.Table, key: str) -> pa.Table:

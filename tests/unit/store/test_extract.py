@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -291,3 +292,34 @@ def test_merge_keeps_duplicate_keys_of_a_delta_for_validation_to_judge():
     previous = delta.slice(2, 1)
     merged = extract.merge_snapshot(previous, delta.slice(0, 2), "customer_id")
     assert sorted(merged.column("customer_id").to_pylist()) == [1, 1, 2]
+
+
+def test_timestamps_without_an_offset_are_wall_time_in_the_store_zone_dst_correct():
+    from remarketing.store.extract import localize
+
+    values = [
+        "2011-01-10 09:00:00",  # winter: London is UTC
+        "2011-07-10 09:00:00",  # summer: UTC+1
+        datetime(2011, 3, 27, 1, 30),  # skipped by the spring change: moves forward to 02:00 BST
+        "2011-10-30 01:30:00",  # repeated in autumn: its first occurrence (BST)
+        "2011-07-10T09:00:00+02:00",  # an offset is kept as given
+        None,
+    ]
+    got = localize(values, "Europe/London")
+    assert [str(v) for v in got[:5]] == [
+        "2011-01-10 09:00:00+00:00",
+        "2011-07-10 08:00:00+00:00",
+        "2011-03-27 01:00:00+00:00",
+        "2011-10-30 00:30:00+00:00",
+        "2011-07-10 07:00:00+00:00",
+    ]
+    assert pd.isna(got.iloc[5]) and localize([], "Europe/London").empty
+    assert localize(["2011-07-10 09:00:00"], "UTC").iloc[0] == pd.Timestamp("2011-07-10 09:00", tz="UTC")
+
+
+def test_an_unknown_store_zone_is_a_setup_error(monkeypatch):
+    from remarketing.store.extract import StoreExtractError, store_zone
+
+    monkeypatch.setenv("REMARKETING_STORE_TIME_ZONE", "Europe/Londn")
+    with pytest.raises(StoreExtractError, match="not an IANA time zone"):
+        store_zone()
