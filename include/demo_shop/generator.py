@@ -772,6 +772,10 @@ def generate_store(customers: int, seed: int = 7, as_of: datetime | None = None)
             "updated_at": _ts(o_time[l_order]),
         }
     )
+    orders = frames["orders"]
+    orders["email"] = pd.Series(None, index=orders.index, dtype=object)  # the demo's guests have no orders
+    orders["country"] = pd.Series(None, index=orders.index, dtype=object)  # the market column says it
+    orders["original_order_id"] = pd.array([pd.NA] * len(orders), dtype="Int64")
     return {name: frames[name][CANONICAL_TABLES[name].column_names] for name in TABLE_ORDER}
 
 

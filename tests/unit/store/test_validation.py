@@ -13,7 +13,9 @@ import sys
 import textwrap
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -24,6 +26,7 @@ from databases import fresh_postgres_database
 from remarketing.markets import load_markets
 from remarketing.platform import state
 from remarketing.store.extract import ISSUES_COLUMN, arrow_schema
+from remarketing.store.fx import load_fx_rates
 from remarketing.store.schema import CANONICAL_TABLES
 from remarketing.store.validation import rules as validation_rules
 from remarketing.store.validation.conform import prepare
@@ -117,11 +120,14 @@ def test_xcom_and_summary_carry_paths_and_counts_only(clean_run):
         "seconds",
         "status",
         "failed_expectations",
+        "out_of_scope",
         "failure",
     }
     assert cart_items["clean_path"] == str(folder / "out" / "clean" / "cart_items.parquet")
     lines = result.summary_table().splitlines()
-    assert lines[0].split() == ["table", "extracted", "clean", "quarantined", "seconds", "status"]
+    assert lines[0].split() == [
+        "table", "extracted", "clean", "of", "which", "out", "of", "scope", "quarantined", "seconds", "status"
+    ]  # fmt: skip
     assert [line.split()[0] for line in lines[2:8]] == list(validation_rules.TABLE_ORDER)
     assert lines[-1] == f"report: {folder / 'out' / 'report.html'}"
 
@@ -231,6 +237,7 @@ def test_every_derived_column_is_asserted_by_an_expectation(clean_run):
             future_skew=timedelta(minutes=10),
             text_max_length=20_000,
             parents={p: ParentRows(store.tables[p].to_pandas(), _all(store, p)) for p in parents},
+            fx=load_fx_rates(),
         )
         checks = validation_rules.row_checks(table, markets=markets, parents=parents, max_amount=1e7, max_quantity=9)
         derived = {c for c in frame.columns if c.startswith("__check__") or c.startswith("__ref__")}
@@ -365,3 +372,29 @@ def test_great_expectations_stays_quiet_in_the_task_log(tmp_path):
     lines = done.stdout.splitlines()
     assert len(lines) == 4, done.stdout  # header, rule, products, report: nothing else
     assert lines[0].split()[:2] == ["table", "extracted"] and lines[2].split()[:2] == ["products", "200"]
+
+
+def test_out_of_scope_is_not_bad_it_is_kept_counted_apart_and_never_breaks_the_feed(tmp_path):
+    """A fifth of the customers live where no market serves: far over max_bad_share, yet the feed passes."""
+    store = Store()
+    size = store.tables["customers"].num_rows
+    outside = [store.add("customers", market=None, country="Netherlands") for _ in range(size // 4)]
+    unspecified = store.add("customers", market=None, country="Unspecified")
+    store.add("customers", market=None, country="Atlantis")  # a bad value: quarantined
+    result = _validate(store, tmp_path, tables=("customers",))
+    customers = result.tables["customers"]
+    assert customers.status == "ok" and customers.quarantined == 1
+    assert customers.out_of_scope == {
+        "country NL is served by no market": len(outside),
+        "country given as 'Unspecified': no country": 1,
+    }
+    assert customers.extracted == customers.clean + customers.quarantined, "conservation, out of scope included"
+    clean = pq.read_table(customers.clean_path).to_pandas().set_index("customer_id")
+    assert clean.loc[outside, "market"].isna().all() and (clean.loc[outside, "country"] == "NL").all()
+    assert pd.isna(clean.loc[unspecified, "market"]) and pd.isna(clean.loc[unspecified, "country"])
+    summary = result.summary_table()
+    assert "out of scope (kept, never mailed)" in summary and "country NL is served by no market" in summary
+    assert summary.index("bad rows (quarantined)") < summary.index("out of scope (kept")
+    report = Path(result.report_path).read_text()
+    assert "out of scope (kept in the clean data" in report and "country NL is served by no market" in report
+    assert result.to_xcom()["tables"]["customers"]["out_of_scope"] == len(outside) + 1

@@ -89,10 +89,6 @@ def format_checks(frame: pd.DataFrame, table: str, *, text_max_length: int) -> d
     """Text within the store schema's lengths; country and currency codes that exist."""
     derived: dict[str, Any] = {}
     derived["__check__length"] = _lengths(frame, max_lengths(table, text_max_length))
-    if table == "customers":
-        derived["__check__country"] = _coded(
-            frame["country"], iso_countries(), "country is not an ISO 3166 country code"
-        )
     if table in CURRENCY_TABLES:
         derived["__check__currency"] = _coded(frame["currency"], iso_currencies(), "currency is not an ISO 4217 code")
     return derived

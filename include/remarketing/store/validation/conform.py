@@ -117,13 +117,16 @@ def prepare(raw: pa.Table, table: str) -> Prepared:
     """
     spec = CANONICAL_TABLES[table]
     present = set(raw.column_names)
-    missing = [name for name in spec.columns if name not in present]
+    missing = [name for name in spec.required_names if name not in present]
     extra = [name for name in raw.column_names if name not in spec.columns and name != ISSUES_COLUMN]
     prepared = Prepared(frame=None, missing=missing, type_errors={}, extra=extra)
     columns: dict[str, pa.ChunkedArray] = {}
     nul_rows: np.ndarray | None = None
     for name, kind in spec.columns.items():
         if name in missing:
+            continue
+        if name not in present:  # an optional column the mapping leaves out: null
+            columns[name] = pa.chunked_array([pa.nulls(raw.num_rows, ARROW_TYPES[kind])])
             continue
         source = _chunked(raw.column(name))
         if kind == "timestamp":

@@ -21,7 +21,13 @@ from remarketing.store.validation.column_checks import (
     timestamp_checks,
 )
 from remarketing.store.validation.conform import Prepared
-from remarketing.store.validation.references import ParentRows, currency_checks, reference_checks
+from remarketing.store.validation.references import (
+    ParentRows,
+    credit_note_checks,
+    currency_checks,
+    reference_checks,
+)
+from remarketing.store.validation.scope import scope_checks
 
 
 def derive(
@@ -33,6 +39,7 @@ def derive(
     future_skew: timedelta,
     text_max_length: int,
     parents: Mapping[str, ParentRows],
+    fx,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Add the derived check columns and normalise emails / time zones; returns (frame, normalised counts)."""
     frame = prepared.frame
@@ -41,7 +48,11 @@ def derive(
     derived.update(format_checks(frame, table, text_max_length=text_max_length))
     contacts, normalised = contact_checks(frame, table)
     derived.update(contacts)
-    derived.update(currency_checks(frame, table, markets=markets, parents=parents))
+    scope, scoped = scope_checks(frame, table, markets=markets, parents=parents)
+    derived.update(scope)
+    normalised.update(scoped)
+    derived.update(currency_checks(frame, table, markets=markets, parents=parents, fx=fx))
+    derived.update(credit_note_checks(frame, table, parents))
     derived.update(name_checks(frame, table))
     derived.update(reference_checks(frame, table, parents))
     derived["__check__nul"] = nul_notes(prepared)

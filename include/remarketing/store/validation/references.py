@@ -19,7 +19,7 @@ import pandas as pd
 
 from remarketing.store.schema import CANONICAL_TABLES
 from remarketing.store.validation.column_checks import all_ok, valid_currency
-from remarketing.store.validation.rules import REFERENCES, Reference
+from remarketing.store.validation.rules import CREDIT_NOTE, REFERENCES, Reference
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,21 @@ class ParentRows:
     clean: np.ndarray  # bool per row
 
 
-def currency_checks(frame: pd.DataFrame, table: str, *, markets, parents: Mapping[str, ParentRows]) -> dict[str, Any]:
-    """A row's currency against its market's, a cart line's against its cart's, a cart's against its order's."""
+def currency_checks(
+    frame: pd.DataFrame, table: str, *, markets, parents: Mapping[str, ParentRows], fx
+) -> dict[str, Any]:
+    """A row's currency convertible into its market's, a cart line's its cart's, a cart's its order's."""
     size = len(frame)
     derived: dict[str, Any] = {}
     if table in ("carts", "orders"):
-        derived["__check__currency_market"] = _currency_of_market(frame, markets)
+        derived["__check__currency_market"] = _currency_of_market(frame, markets, fx, table)
 
     if table == "cart_items":
         derived["__check__currency_cart"] = _currency_of_cart(frame, parents.get("carts"))
 
     if table == "carts" and "orders" in parents:
         orders = parents["orders"].frame
-        order_currency = _lookup(frame["order_id"], orders["order_id"], orders["currency"])
+        order_currency = lookup(frame["order_id"], orders["order_id"], orders["currency"])
         currency = frame["currency"].to_numpy(dtype=object, na_value=None)
         differs = valid_currency(currency) & valid_currency(order_currency) & (currency != order_currency)
         status = all_ok(size)
@@ -66,7 +68,7 @@ def _int_keys(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return series.to_numpy(dtype=np.int64, na_value=0), present
 
 
-def _lookup(keys: pd.Series, parent_keys: pd.Series, parent_values: pd.Series) -> np.ndarray:
+def lookup(keys: pd.Series, parent_keys: pd.Series, parent_values: pd.Series) -> np.ndarray:
     """parent_values at the first parent row whose key equals each key (None where none)."""
     values, present = _int_keys(keys)
     pkeys, ppresent = _int_keys(parent_keys)
@@ -80,17 +82,33 @@ def _lookup(keys: pd.Series, parent_keys: pd.Series, parent_values: pd.Series) -
     return out
 
 
-def _currency_of_market(frame: pd.DataFrame, markets) -> np.ndarray:
+def _currency_of_market(frame: pd.DataFrame, markets, fx, table: str) -> np.ndarray:
+    """Another currency than the market's is fine when it converts into it on the row's date (FX rates)."""
     expected = frame["market"].map({m.code: m.currency for m in markets}).to_numpy(dtype=object, na_value=None)
     currency = frame["currency"].to_numpy(dtype=object, na_value=None)
     market = frame["market"].to_numpy(dtype=object, na_value=None)
     differs = valid_currency(frame["currency"]) & pd.notna(expected) & (currency != expected)
     status = all_ok(len(frame))
-    status[differs] = [
-        f"currency {c} is not the {m} market's currency ({w})"
-        for c, m, w in zip(currency[differs], market[differs], expected[differs], strict=True)
+    if not differs.any():
+        return status
+    when = frame[FX_DATE[table]].to_numpy()[differs]
+    reasons = fx.missing_reasons(currency[differs], when, expected[differs])
+    rows = np.flatnonzero(differs)
+    unconvertible = pd.notna(reasons)
+    status[rows[unconvertible]] = [
+        f"currency {c} is not the {m} market's currency ({w}) and {r}"
+        for c, m, w, r in zip(
+            currency[rows[unconvertible]],
+            market[rows[unconvertible]],
+            expected[rows[unconvertible]],
+            reasons[unconvertible],
+            strict=True,
+        )
     ]
     return status
+
+
+FX_DATE = {"orders": "placed_at", "carts": "updated_at"}  # the day whose rate converts the row
 
 
 def _currency_of_cart(frame: pd.DataFrame, carts: ParentRows | None) -> np.ndarray:
@@ -101,13 +119,13 @@ def _currency_of_cart(frame: pd.DataFrame, carts: ParentRows | None) -> np.ndarr
     """
     currency = frame["currency"]
     if carts is not None:
-        reference = _lookup(frame["cart_id"], carts.frame["cart_id"], carts.frame["currency"])
+        reference = lookup(frame["cart_id"], carts.frame["cart_id"], carts.frame["currency"])
     else:
         pairs = frame.loc[currency.notna() & frame["cart_id"].notna(), ["cart_id", "currency"]]
         counts = pairs.value_counts().reset_index(name="n")
         counts = counts.sort_values(["cart_id", "n", "currency"], ascending=[True, False, True])
         majority = counts.drop_duplicates("cart_id")
-        reference = _lookup(frame["cart_id"], majority["cart_id"], majority["currency"])
+        reference = lookup(frame["cart_id"], majority["cart_id"], majority["currency"])
     values = currency.to_numpy(dtype=object, na_value=None)
     differs = valid_currency(values) & valid_currency(reference) & (values != reference)
     status = all_ok(len(frame))
@@ -125,3 +143,29 @@ def _reference(keys: pd.Series, parent: ParentRows, ref: Reference) -> np.ndarra
     status[present & ~known] = f"{ref.column}: no such {ref.noun} in the extract"
     status[present & known & ~clean] = f"{ref.column}: parent {ref.noun} quarantined"
     return status
+
+
+def credit_note_checks(frame: pd.DataFrame, table: str, parents: Mapping[str, ParentRows]) -> dict[str, Any]:
+    """Money back is a credit note: a negative total or line quantity belongs on one, and only there.
+
+    An order with a negative total must have status ``credit_note`` and a credit note no positive
+    total; a line with a negative quantity must belong to a credit note, and no line has quantity 0.
+    """
+    derived: dict[str, Any] = {}
+    if table == "orders":
+        total = pd.to_numeric(frame["total_amount"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        credit = (frame["status"] == CREDIT_NOTE).fillna(False).to_numpy(dtype=bool)
+        status = all_ok(len(frame))
+        status[(total < 0) & ~credit] = f"total_amount is negative but status is not {CREDIT_NOTE}"
+        status[(total > 0) & credit] = f"a {CREDIT_NOTE} has a positive total_amount"
+        derived["__check__credit_note"] = status
+    if table == "order_items":
+        quantity = pd.to_numeric(frame["quantity"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        status = all_ok(len(frame))
+        status[quantity == 0] = "quantity is 0"
+        if "orders" in parents:
+            orders = parents["orders"].frame
+            order_status = lookup(frame["order_id"], orders["order_id"], orders["status"])
+            status[(quantity < 0) & (order_status != CREDIT_NOTE)] = f"quantity is negative outside a {CREDIT_NOTE}"
+        derived["__check__quantity_sign"] = status
+    return derived

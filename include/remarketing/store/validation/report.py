@@ -49,6 +49,20 @@ def _table_section(t: TableValidation) -> str:
         + (f"; quarantine: <code>{escape(t.quarantine_path)}</code>" if t.quarantine_path else "")
         + "</p>"
     )
+    bad = {label: n for label, n in t.failed_expectations.items() if n}
+    if bad:
+        items = "".join(f"<li>{escape(label)}: {n}</li>" for label, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+        parts.append(f"<p>bad rows (quarantined), per check:</p><ul>{items}</ul>")
+    if t.out_of_scope:
+        ranked = sorted(t.out_of_scope.items(), key=lambda kv: (-kv[1], kv[0]))
+        items = "".join(f"<li>{escape(reason)}: {n}</li>" for reason, n in ranked)
+        parts.append(
+            f"<p>out of scope (kept in the clean data and profiled where they have a market; never mailed): "
+            f"{sum(t.out_of_scope.values())}</p><ul>{items}</ul>"
+        )
+    if t.converted_currency:
+        items = ", ".join(f"{escape(c)}: {n}" for c, n in sorted(t.converted_currency.items()))
+        parts.append(f"<p>in another currency than their market's, converted with the FX rates: {items}</p>")
     if t.normalised:
         items = ", ".join(f"{escape(c)}: {n}" for c, n in sorted(t.normalised.items()))
         parts.append(f"<p>normalised values (kept): {items}</p>")
@@ -81,13 +95,15 @@ def _table_section(t: TableValidation) -> str:
 def render_report(validation: StoreValidation, *, now: datetime, policy: ValidationPolicy) -> str:
     """The whole report as an HTML document (UTF-8, no external resources)."""
     summary = [
-        "<tr><th>table</th><th>extracted</th><th>clean</th><th>quarantined</th><th>seconds</th><th>status</th></tr>"
+        "<tr><th>table</th><th>extracted</th><th>clean</th><th>of which out of scope</th><th>quarantined</th>"
+        "<th>seconds</th><th>status</th></tr>"
     ]
     for name, t in validation.tables.items():
         summary.append(
             "<tr>"
             + f'<td><a href="#{escape(name)}">{escape(name)}</a></td>'
-            + f'<td class="n">{t.extracted}</td><td class="n">{t.clean}</td><td class="n">{t.quarantined}</td>'
+            + f'<td class="n">{t.extracted}</td><td class="n">{t.clean}</td>'
+            + f'<td class="n">{sum(t.out_of_scope.values())}</td><td class="n">{t.quarantined}</td>'
             + f'<td class="n">{t.seconds:.2f}</td>'
             + _cell(t.status, t.status)
             + "</tr>"
@@ -97,7 +113,8 @@ def render_report(validation: StoreValidation, *, now: datetime, policy: Validat
         f"<h1>Store validation, run {escape(validation.run_id)}</h1>",
         f'<p class="{"ok" if validation.ok else "failed"}">{escape(verdict)}</p>',
         f"<p>validated as of {escape(now.isoformat())}; max_bad_share {policy.max_bad_share:.1%}, "
-        f"future_skew {escape(str(policy.future_skew))}; rows extracted = clean + quarantined for every table.</p>",
+        f"future_skew {escape(str(policy.future_skew))}; rows extracted = clean + quarantined for every table; out of scope is "
+        "not bad: such rows are clean, kept, and never mailed.</p>",
         "<table>" + "".join(summary) + "</table>",
         *(_table_section(t) for t in validation.tables.values()),
     ]

@@ -113,6 +113,9 @@ class TableValidation:
     failed_expectations: dict[str, int] = field(default_factory=dict)  # label -> rows quarantined by it
     notes: dict[str, int] = field(default_factory=dict)  # label -> rows noted (kept)
     normalised: dict[str, int] = field(default_factory=dict)  # column -> values changed
+    # reason -> clean rows no market serves (kept, profiled, never mailed; not bad, not quarantined)
+    out_of_scope: dict[str, int] = field(default_factory=dict)
+    converted_currency: dict[str, int] = field(default_factory=dict)  # currency -> clean rows not in their market's
     expectations: list[ExpectationResult] = field(default_factory=list)
     extra_columns: list[str] = field(default_factory=list)
     failure: FeedBroken | None = None
@@ -127,6 +130,7 @@ class TableValidation:
             "seconds": self.seconds,
             "status": self.status,
             "failed_expectations": dict(self.failed_expectations),
+            "out_of_scope": sum(self.out_of_scope.values()),
             "failure": str(self.failure) if self.failure else None,
         }
 
@@ -153,16 +157,39 @@ class StoreValidation:
 
     def summary_table(self) -> str:
         """A short fixed-width table for the task log: counts, status and the top failure per table."""
-        header = f"{'table':<12} {'extracted':>10} {'clean':>10} {'quarantined':>11} {'seconds':>8}  status"
+        header = (
+            f"{'table':<12} {'extracted':>10} {'clean':>10} {'of which out of scope':>21} {'quarantined':>11} "
+            f"{'seconds':>8}  status"
+        )
         lines = [header, "-" * len(header)]
         for name, t in self.tables.items():
             top = max(t.failed_expectations.items(), key=lambda kv: kv[1], default=None)
             detail = f"  top: {top[0]} x{top[1]}" if top else ""
             if t.failure is not None:
                 detail = f"  {t.failure.expectation}"
+            outside = sum(t.out_of_scope.values())
             lines.append(
-                f"{name:<12} {t.extracted:>10} {t.clean:>10} {t.quarantined:>11} {t.seconds:>8.2f}  {t.status}{detail}"
+                f"{name:<12} {t.extracted:>10} {t.clean:>10} {outside:>21} {t.quarantined:>11} {t.seconds:>8.2f}  "
+                f"{t.status}{detail}"
             )
+        bad = {(name, label): n for name, t in self.tables.items() for label, n in t.failed_expectations.items()}
+        outside = {(name, reason): n for name, t in self.tables.items() for reason, n in t.out_of_scope.items()}
+        converted = {
+            (name, f"in {code}, converted into the market's currency"): n
+            for name, t in self.tables.items()
+            for code, n in t.converted_currency.items()
+        }
+        for title, counts in (
+            ("bad rows (quarantined), per reason", bad),
+            ("out of scope (kept, never mailed)", outside),
+            ("converted currency", converted),
+        ):
+            if counts:
+                lines.append(title)
+                ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                lines.extend(f"  {table:<12} {n:>10}  {what}" for (table, what), n in ranked[:15])
+                if len(ranked) > 15:
+                    lines.append(f"  ... and {len(ranked) - 15} more (see the report)")
         if self.report_path:
             lines.append(f"report: {self.report_path}")
         return "\n".join(lines)

@@ -40,6 +40,7 @@ import sqlalchemy as sa
 
 from remarketing.platform.storage import as_path, read_table, write_table
 from remarketing.store.extract import ISSUES_COLUMN, arrow_schema
+from remarketing.store.fx import FxRates, load_fx_rates
 from remarketing.store.schema import CANONICAL_TABLES
 from remarketing.store.validation import rules
 from remarketing.store.validation.conform import Prepared, prepare
@@ -57,6 +58,7 @@ from remarketing.store.validation.results import (
     TableValidation,
     ValidationPolicy,
 )
+from remarketing.store.validation.scope import SCOPE_COLUMN
 from remarketing.store.validation.verdicts import (
     Verdict,
     expectation_result,
@@ -78,6 +80,7 @@ def validate_store(
     now: datetime,
     policy: ValidationPolicy = ValidationPolicy(),  # noqa: B008 - frozen, never mutated
     state_engine: sa.Engine | None = None,
+    fx: FxRates | None = None,
 ) -> StoreValidation:
     """Validate the snapshots (table -> Parquet path), write clean/quarantine/report under ``out_dir``.
 
@@ -91,6 +94,7 @@ def validate_store(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     out_dir = as_path(out_dir)
+    fx = fx if fx is not None else load_fx_rates()
     runtime()  # GX import and context (seconds, once per process) are not any table's time
     started = time.perf_counter()
     parents: dict[str, ParentRows] = {}
@@ -110,6 +114,7 @@ def validate_store(
             parents=parents,
             failed_parents=failed_parents,
             record=state_engine is not None,
+            fx=fx,
         )
         results[table] = outcome
         if parent is not None and outcome.status == "ok":
@@ -152,6 +157,7 @@ def _validate_table(
     parents: dict[str, ParentRows],
     failed_parents: set[str],
     record: bool,
+    fx: FxRates,
 ) -> tuple[TableValidation, ParentRows | None, pd.DataFrame | None]:
     """Read, check the table, then its rows, and write its outputs; returns (result, parent rows, rows to record).
 
@@ -187,10 +193,13 @@ def _validate_table(
         table_policy=table_policy,
         parents=parents,
         failed_parents=failed_parents,
+        fx=fx,
     )
     verdict = verdict_of(outcomes, len(frame))
     clean_mask = ~verdict.bad
     _write_outputs(result, raw, frame, verdict, out_dir)
+    if table in ("orders", "carts"):
+        result.converted_currency = _converted(frame.loc[clean_mask], markets)
     failure = _bad_share_failure(result, frame, outcomes, table_policy)
     if failure is not None:
         result.status, result.failure = "failed", failure
@@ -244,6 +253,7 @@ def _check_rows(
     table_policy: ValidationPolicy,
     parents: dict[str, ParentRows],
     failed_parents: set[str],
+    fx: FxRates,
 ) -> tuple[pd.DataFrame, list[Outcome]]:
     """Row level: derive the check columns, run the table's suite, record every expectation on ``result``.
 
@@ -259,6 +269,7 @@ def _check_rows(
         future_skew=table_policy.future_skew,
         text_max_length=table_policy.text_max_length,
         parents=parents,
+        fx=fx,
     )
     result.normalised = {**prepared.normalised, **normalised}
     checks = rules.row_checks(
@@ -297,6 +308,9 @@ def _write_outputs(result: TableValidation, raw: pa.Table, frame: pd.DataFrame, 
     clean_mask = ~verdict.bad
     result.clean = int(clean_mask.sum())
     result.quarantined = int(verdict.bad.sum())
+    if SCOPE_COLUMN in frame:
+        outside = frame.loc[clean_mask, SCOPE_COLUMN].dropna()
+        result.out_of_scope = {str(k): int(v) for k, v in outside.value_counts().items()}
     if result.extracted != result.clean + result.quarantined:
         raise ConservationError(
             f"table {table}: extracted {result.extracted} != clean {result.clean} + quarantined {result.quarantined}"
@@ -337,8 +351,15 @@ def _bad_share_failure(
     )
 
 
+def _converted(clean: pd.DataFrame, markets) -> dict[str, int]:
+    """Clean rows per currency that differs from their market's (converted with the FX rates downstream)."""
+    expected = clean["market"].map({m.code: m.currency for m in markets})
+    other = clean.loc[expected.notna() & (clean["currency"] != expected), "currency"]
+    return {str(code): int(n) for code, n in other.value_counts().items()}
+
+
 def _parent_columns(table: str) -> list[str]:
-    return [CANONICAL_TABLES[table].key, "currency", "market"]
+    return [CANONICAL_TABLES[table].key, "currency", "market", "status"]
 
 
 def _schema_failure(table: str, key: str, schema, prepared: Prepared, raw: pa.Table) -> FeedBroken | None:
