@@ -178,11 +178,12 @@ def rfm_apply(customers: pd.DataFrame, orders: pd.DataFrame, as_of: datetime) ->
     out["frequency"] = out["frequency"].fillna(0).astype(np.int64)
     out["monetary"] = out["monetary"].fillna(0.0)
     buyers = out["frequency"] > 0
+    from remarketing.profiles.rfm import scores_within  # the scoring rule itself: ties are the rule's business
+
+    group = pd.factorize(out.loc[buyers, "market"])[0]
     for score, key in (("r_score", -out["recency_days"]), ("f_score", out["frequency"]), ("m_score", out["monetary"])):
-        grouped = key[buyers].groupby(out.loc[buyers, "market"])
-        value = 1 + np.floor(5 * (grouped.rank(method="average") - 0.5) / grouped.transform("size") + 1e-9)
         out[score] = pd.array(np.full(len(out), pd.NA), dtype="Int64")
-        out.loc[buyers, score] = value.astype(np.int64)
+        out.loc[buyers, score] = scores_within(key[buyers].to_numpy(dtype=np.float64), group)
     return out
 
 

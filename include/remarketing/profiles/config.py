@@ -188,9 +188,20 @@ def describe_config(config: LifecycleConfig) -> str:
         "### RFM",
         "",
         "Recency, frequency (valid orders) and monetary (their totals in the market currency) are scored 1–5 "
-        "within each market, `1 + floor(5 × (average rank − ½) / buyers)` (most recent ranks highest; ties share "
-        "a score), so markets in different currencies are comparable. The segment is looked up by R and "
-        "FM = ⌈(F + M) / 2⌉:",
+        "within each market's buyers, so markets in different currencies are comparable.",
+        "",
+        "**How RFM scores are given.** The market's buyers are sorted from the weakest to the best value (oldest "
+        "to most recent last order, fewest to most orders, lowest to highest monetary) and cut into five at "
+        "20/40/60/80 %; the score is 1 + the cuts below the buyer. Equal values always "
+        "share a score, so each cut moves to the nearest border between two different values (a tie of "
+        "distances: the lower border), which is `1 + floor(5 × (average rank − ½) / buyers)`: the exact "
+        "quintiles when no values are equal. When ties would leave a score empty (two cuts on one border, or "
+        "a cut below the lowest or above the highest value), the cuts are instead spread over distinct borders "
+        "moving them as little as possible in total, so a market with k different values uses min(k, 5) "
+        "scores, placed by where the values fall (three equally common values: 1, 3, 5; one shared by 80 % "
+        "and two by 10 % each: 3, 4, 5) and a higher value never scores lower.",
+        "",
+        "The segment is looked up by R and FM = ⌈(F + M) / 2⌉:",
         "",
         "| R \\ FM | 1 | 2 | 3 | 4 | 5 |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from remarketing.markets import load_markets
 from remarketing.profiles.config import DEFAULT_LIFECYCLE_FILE, STAGES, parse_lifecycle_config
 from remarketing.profiles.lifecycle import compute_profiles
-from remarketing.profiles.rfm import _scores
+from remarketing.profiles.rfm import scores_within
 
 AS_OF = datetime(2026, 5, 1, 12, tzinfo=UTC)
 MARKETS = load_markets()
@@ -186,7 +186,7 @@ def test_row_order_does_not_change_profiles(shop, random):
 def test_scores_are_1_to_5_monotone_and_ties_share_a_score(pairs):
     group = np.array([g for g, _ in pairs])
     values = np.array([float(v) for _, v in pairs])
-    scores = _scores(values, group)
+    scores = scores_within(values, group)
     assert ((scores >= 1) & (scores <= 5)).all()
     for i in range(len(values)):
         for j in range(len(values)):
