@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 EXCLUDED_STATUSES = ("cancelled", "refunded")  # never revenue, never a purchase
-ORDER_STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded")
+CREDIT_NOTE = "credit_note"  # money back: nets against purchases, never a purchase itself
+ORDER_STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded", CREDIT_NOTE)
 
 
 class ModelInputError(ValueError):
@@ -95,5 +96,5 @@ def customer_orders(
     if (pos < 0).any():
         raise ModelInputError(f"orders reference unknown customers; order_id: {examples(order_ids[pos < 0])}")
     placed = utc_micros(orders, "orders", "placed_at", "order_id")
-    valid = ~orders["status"].isin(EXCLUDED_STATUSES).to_numpy() & (placed != np.iinfo(np.int64).min)
+    valid = ~orders["status"].isin((*EXCLUDED_STATUSES, CREDIT_NOTE)).to_numpy() & (placed != np.iinfo(np.int64).min)
     return ids, pos, placed, valid

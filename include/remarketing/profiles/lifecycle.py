@@ -14,17 +14,18 @@ sensitivity, preferred hour) and .clv (the purchase model).
 
 Definitions (the contract the tests check):
 
-* Valid orders: status not cancelled/refunded and placed at or before ``as_of``. Excluded orders
-  are counted in ``ProfileResult.excluded_orders``; nothing else is dropped. Bad input (unknown
-  customer, market, order or product, naive timestamps, duplicate keys, an order in a currency
-  other than its customer's market currency...) raises ``ProfileInputError`` naming keys.
+* Valid orders: status not cancelled/refunded, placed at or before ``as_of``, not refunded in
+  full by credit notes (remarketing.profiles.inputs: guests, out-of-scope customers, currencies,
+  credit notes). Excluded orders are counted in ``ProfileResult.excluded_orders``; nothing else
+  is dropped. Bad input (a market that is not configured, unknown product, naive timestamps,
+  duplicate keys...) raises ``ProfileInputError`` naming keys.
 * recency_days: days from the last valid order to ``as_of``; frequency: valid orders;
-  monetary: their ``total_amount`` (after discounts) summed, in the market currency;
+  monetary: their ``total_amount`` (after discounts) net of credit notes, in the market currency;
   avg_order_value = monetary / frequency; price_sensitivity: share of valid orders with a
   discount (``discount_amount > 0`` or a coupon code).
-* r/f/m_score: 1..5 within the customer's market, over the market's buyers:
-  ``1 + floor(5 x (rank - 1/2) / n)`` with the average rank (recency ranked most recent
-  highest), so ties share a score and scores do not depend on the currency. Prospects have none.
+* r/f/m_score: 1..5 within the customer's market, over the market's buyers (recency ranked most
+  recent highest): quintiles where values are distinct, ties share a score, and every level the
+  data can support is used (``rfm.scores_within``). Prospects have none.
 * favourite_categories: up to three categories with the highest spend (line quantity x unit
   price - line discount) over valid orders, ties by name; lines of uncategorised products count
   for no category.
@@ -178,6 +179,7 @@ def compute_profiles(
     config: LifecycleConfig,
     engagement: pd.DataFrame | None = None,
     model_fits: Mapping[str, ModelFit | Mapping] | None = None,
+    fx=None,
 ) -> ProfileResult:
     """One profile per customer (sorted by customer_id); see the module docstring for definitions.
 
@@ -199,7 +201,7 @@ def compute_profiles(
     if unknown:
         raise LifecycleConfigError(f"lifecycle overrides for markets that are not configured: {', '.join(unknown)}")
     cust = read_customers(customers, markets)
-    ords = read_orders(orders, cust, as_of_us)
+    ords = read_orders(orders, cust, as_of_us, fx)
     lap("read")
 
     history = purchase_history(ords.customer[ords.valid], ords.placed[ords.valid], len(cust.ids))
@@ -222,6 +224,7 @@ def compute_profiles(
     stats = _market_stats(cust, rows, stages, fits)
     excluded = dict(ords.excluded)
     excluded["engagement_rows_without_customer"] = engaged[3]
+    excluded["customers_out_of_scope"] = cust.out_of_scope
     lap("assemble")
     return ProfileResult(profiles, fits, stats, excluded, as_of.astimezone(UTC), seconds)
 

@@ -50,12 +50,14 @@ def _category_spend(
         raise ProfileInputError(f"order_items reference unknown orders; order_item_id: {examples(item_ids[order_pos < 0])}")  # fmt: skip
     product_ids = int_keys(products, "products", "product_id")
     unique_or_fail(product_ids, "products", "product_id")
-    product_pos = locate(product_ids, int_keys(order_items, "order_items", "product_id", "order_item_id"))
-    if (product_pos < 0).any():
+    is_product = order_items["product_id"].notna().to_numpy(dtype=bool)  # else postage, fees, adjustments
+    product_pos = np.full(len(order_items), -1, dtype=np.int64)
+    product_pos[is_product] = locate(product_ids, order_items["product_id"][is_product].to_numpy(dtype=np.int64))
+    if (is_product & (product_pos < 0)).any():
         raise ProfileInputError(
-            f"order_items reference unknown products; order_item_id: {examples(item_ids[product_pos < 0])}"
+            f"order_items reference unknown products; order_item_id: {examples(item_ids[is_product & (product_pos < 0)])}"
         )
-    counted = orders.valid[order_pos]
+    counted = orders.valid[order_pos] & is_product
     spend = numbers(order_items, "quantity") * numbers(order_items, "unit_price")
     if "discount_amount" in order_items.columns:
         spend = spend - numbers(order_items, "discount_amount", missing=0.0)
@@ -67,7 +69,8 @@ def _category_spend(
     spend = np.where(counted, spend, 0.0)
     category_codes, names = pd.factorize(products["category"], sort=True)
     category_codes = np.where(category_codes < 0, len(names), category_codes)
-    return orders.customer[order_pos], category_codes[product_pos], spend, [str(n) for n in names]
+    keep = counted  # lines of purchases by profiled customers, products only
+    return orders.customer[order_pos][keep], category_codes[product_pos[keep]], spend[keep], [str(n) for n in names]
 
 
 def _favourites(customer: np.ndarray, category: np.ndarray, spend: np.ndarray, names: list[str], n: int):
