@@ -95,6 +95,15 @@ def test_a_cart_idle_past_step_one_delay_is_due_for_step_one_and_a_fresh_one_is_
     assert result.reasons[11] == "not_idle_yet"
 
 
+def test_a_cart_no_market_serves_is_out_of_scope_and_never_due():
+    frames = store(
+        [{"cart_id": 10, "customer_id": 1, "updated_at": ago(4), "market": None}],
+        [{"cart_id": 10, "product_id": 5, "updated_at": ago(5)}],
+    )
+    result = scan(frames)
+    assert result.due.empty and result.reasons[10] == "out_of_scope"
+
+
 def test_the_last_item_change_counts_as_activity_not_only_the_cart_row():
     frames = store(
         [{"cart_id": 10, "customer_id": 1, "updated_at": ago(10)}],

@@ -107,6 +107,7 @@ def scan_carts(
 
     carts = _with_value_and_owner(carts, frames["cart_items"], customers)
 
+    mark(carts["market"].isna(), "out_of_scope")  # no market serves its country: never mailed
     mark(carts["status"] != "open", "not_open")
     mark(carts["lines"] == 0, "empty")
     mark(carts["contact_email"].isna(), "unreachable")
