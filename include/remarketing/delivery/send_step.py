@@ -138,6 +138,8 @@ def send_market(
 
     recovered = {"unknown": 0, "taken_over": 0}
     if not dry_run:
+        _reconcile_dead_attempts(engine, members.notes)
+        ledger.begin_attempt(engine, ctx)
         recovered = _recover_earlier_try(engine, ctx, now, members.notes)
     members.earlier_tries(run_id)
     decision = members.gate(api, sync_max_age=SUPPRESSION_SYNC_MAX_AGE)
@@ -162,6 +164,16 @@ def send_market(
     )  # fmt: skip
 
 
+def _reconcile_dead_attempts(engine: sa.Engine, notes: list[str]) -> None:
+    """Before planning: rows that attempts killed (or finished) left in flight, whatever their run."""
+    reconciled = ledger.reconcile_dead_attempts(engine)
+    if reconciled["released"] or reconciled["unknown"]:
+        notes.append(
+            f"reconciled the rows of dead attempts: {reconciled['released']} claims released (never sent, "
+            f"eligible again), {reconciled['unknown']} in flight when they died: unknown, not resent"
+        )
+
+
 def _recover_earlier_try(engine: sa.Engine, ctx: ledger.ClaimContext, now: datetime, notes: list[str]) -> dict:
     """An earlier try of this run that died mid-send: its in-flight rows become unknown, its claims ours."""
     recovered = ledger.recover_try(engine, ctx, now=now)
@@ -182,6 +194,7 @@ def _render_claim_send(
     if not len(pending):
         if not dry_run:
             ledger.release_claims(engine, ctx)
+            ledger.finish_attempt(engine, ctx)
         return batch_id
     frame["send_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
     frame.loc[pending, "send_at"] = windows["send_at"].reindex(frame.index[pending])
@@ -198,6 +211,7 @@ def _render_claim_send(
         released = ledger.release_claims(engine, ctx)
         if released:
             members.notes.append(f"{released} claims of earlier tries released (no longer due)")
+        ledger.finish_attempt(engine, ctx)
     return batch_id
 
 

@@ -293,6 +293,57 @@ def test_reconcile_stale_handles_only_old_rows_of_runs_that_are_gone(engine):
     }
 
 
+def test_twin_processes_of_the_same_run_and_try_never_send_one_key_twice(engine):
+    """A zombie worker, or `airflow tasks test` beside the scheduled try: same run, market and try number."""
+    first = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    twin = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    assert first.token != twin.token, "every process attempt claims under its own token"
+    keys = keys_for(10)
+    assert ledger.claim(engine, first, rows(keys), now=NOW) == set(keys)
+    assert ledger.mark_sending(engine, first, keys[:4], now=NOW) == set(keys[:4])
+    # The twin starts: it fences the first attempt out (its in-flight rows unknown, its claims taken over).
+    assert ledger.recover_try(engine, twin, now=NOW) == {"unknown": 4, "taken_over": 6}
+    assert ledger.mark_sending(engine, first, keys, now=NOW) == set(), "the fenced attempt sends nothing more"
+    assert ledger.mark_sending(engine, twin, keys, now=NOW) == set(keys[4:]), "and the twin only what it holds"
+
+
+def test_a_dead_attempt_is_reconciled_by_the_next_run_and_a_live_one_is_not(engine):
+    """Killed on its last try: its claims are released (eligible again), its in-flight rows unknown."""
+    dead = ClaimContext("run-1", "DE", 4, "cart_recovery")
+    live = ClaimContext("run-2", "FR", 1, "cart_recovery")
+    keys = keys_for(10)
+    ledger.begin_attempt(engine, dead)  # leases run on the wall clock, whatever instant a run rehearses
+    ledger.claim(engine, dead, rows(keys[:6]), now=NOW)
+    ledger.mark_sending(engine, dead, keys[:2], now=NOW)
+    ledger.begin_attempt(engine, live)
+    ledger.claim(engine, live, rows(keys[6:]), now=NOW)
+    later = datetime.now(UTC) + timedelta(hours=1)  # the next hourly run
+    ledger.heartbeat(engine, live, wall_now=later - timedelta(minutes=2))  # still sending
+    assert ledger.reconcile_dead_attempts(engine, wall_now=later) == {"unknown": 2, "released": 4}
+    assert statuses(engine) == {
+        keys[0]: "unknown", keys[1]: "unknown", **{k: "claimed" for k in keys[6:]},
+    }  # fmt: skip
+    next_run = ClaimContext("run-3", "DE", 1, "cart_recovery")
+    assert ledger.claim(engine, next_run, rows(keys[2:6]), now=NOW) == set(keys[2:6]), "eligible again"
+    assert ledger.reconcile_dead_attempts(engine, wall_now=later) == {"unknown": 0, "released": 0}
+
+
+def test_a_finished_attempt_leaves_nothing_to_reconcile_and_heartbeats_keep_an_attempt_alive(engine):
+    ctx = ClaimContext("run-1", "DE", 1, "cart_recovery")
+    keys = keys_for(3)
+    start = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    ledger.begin_attempt(engine, ctx, wall_now=start)
+    ledger.claim(engine, ctx, rows(keys), now=NOW)
+    ledger.heartbeat(engine, ctx, wall_now=start + timedelta(minutes=30))
+    assert ledger.reconcile_dead_attempts(engine, wall_now=start + timedelta(minutes=35)) == {
+        "unknown": 0, "released": 0,
+    }  # fmt: skip
+    ledger.finish_attempt(engine, ctx, wall_now=start + timedelta(minutes=36))
+    assert ledger.reconcile_dead_attempts(engine, wall_now=start + timedelta(minutes=37)) == {
+        "unknown": 0, "released": 3,
+    }, "a finished attempt's leftover claims never reached SendGrid"  # fmt: skip
+
+
 def test_mark_outcome_reconciles_unknown_rows_only(engine):
     ctx = ClaimContext("run-1", "DE", 1, "cart_recovery")
     keys = keys_for(3)

@@ -414,3 +414,23 @@ def test_a_retry_does_not_count_its_own_earlier_claims_twice_against_the_warmup_
     assert set(sendgrid.ledger_key_counts()) == {
         ledger.ledger_key(FLOW, c, step=1, subject_kind="cart", subject_id=c, variant="v1") for c in (1, 2, 3)
     }
+
+
+def test_a_send_killed_on_its_last_try_is_reconciled_by_the_next_run_not_lost(engine, transport, sendgrid):
+    """Claims a dead attempt never dispatched are mailed by the next run; what it had in flight stays unknown."""
+    frame = audience(5)
+    keyed = ledger.ledger_keys(FLOW, frame)
+    dead = ClaimContext("run-0", "DE", 4, FLOW)
+    ledger.begin_attempt(engine, dead)
+    claim_rows = keyed.assign(kind="recovery", send_at=pd.NaT)
+    keys = list(keyed["ledger_key"])
+    assert ledger.claim(engine, dead, claim_rows, now=NOW) == set(keys)
+    ledger.mark_sending(engine, dead, keys[:2], now=NOW)  # killed during these two requests
+    with engine.begin() as conn:  # ... an hour ago: its lease ran out long since
+        conn.execute(sa.update(ledger.send_attempts).values(heartbeat_at=datetime.now(UTC) - timedelta(hours=1)))
+    summary = run(engine, transport, frame, run_id="run-1")
+    assert summary.counts.get("sent") == 3, summary.counts
+    assert summary.counts.get("already_sent") == 2, "in flight when killed: unknown, never resent"
+    assert set(sendgrid.ledger_key_counts()) == set(keys[2:])
+    assert any("reconciled" in note and "3 claims released" in note for note in summary.notes), summary.notes
+    assert ledger.reconcile_dead_attempts(engine) == {"unknown": 0, "released": 0}, "the finished run left nothing"

@@ -16,8 +16,10 @@ of the normalised address (``g`` + 20 hex digits), never by the address.
 
 Protocol (the send step follows it chunk by chunk):
 
-1. **claim**: INSERT the chunk's keys as ``claimed`` with this try's ``claim_token``
-   (``run_id|market|try N``). The primary key makes a second claimer lose; the claimer then
+0. **attempt**: each process attempt registers its ``claim_token`` (``run_id|market|try N|<random>``,
+   unique to the process, so two processes running the same try never share one) in
+   ``send_attempts``, and keeps a heartbeat there with every claim and mark-sending (its lease).
+1. **claim**: INSERT the chunk's keys as ``claimed`` with this attempt's ``claim_token``. The primary key makes a second claimer lose; the claimer then
    reads back which keys carry its own token. Keys are claimed in sorted order, so concurrent
    PostgreSQL writers take row locks in the same order and cannot deadlock each other.
 2. **mark sending**: one transaction flips keys to ``sending`` right before their HTTP calls
@@ -29,17 +31,19 @@ Protocol (the send step follows it chunk by chunk):
 
 What a crash leaves behind, and who cleans it up:
 
-* ``claimed`` rows never reached the HTTP call (step 2 commits before any request). The retry
-  of the same task (same run and market, higher try number; Airflow runs one try at a time)
-  takes them over at its start (compare-and-set on the token, so a zombie earlier try can no
-  longer send them) and sends them; those no longer due (the member left the audience, or is
-  now suppressed or capped) are released (deleted) at the end of the try.
+* ``claimed`` rows never reached the HTTP call (step 2 commits before any request). The next
+  attempt of the same run and market (a retry, or a twin process of the same try) takes them
+  over at its start (compare-and-set on the token, so the earlier attempt, zombie or twin, can
+  no longer send them) and sends them; those no longer due (the member left the audience, or is
+  now suppressed or capped) are released (deleted) at the end of the attempt.
 * ``sending`` rows may or may not have reached SendGrid. The retry marks them ``unknown``
   and does NOT resend them.
-* Another run's ``claimed``/``sending`` rows are never touched (overlapping runs). Only
-  ``reconcile_stale`` deals with rows older than a stale age (default 6 h) whose run is gone:
-  ``sending`` becomes ``unknown``; ``claimed`` is released, since it provably was never sent
-  (a zombie holding that token can no longer move it to ``sending``).
+* Another run's ``claimed``/``sending`` rows are left alone while its attempt is alive
+  (overlapping runs). Every send starts by reconciling the rows of attempts that are dead (no
+  heartbeat within the lease, default 10 min: killed, even on their last try) or finished:
+  ``sending`` becomes ``unknown``; ``claimed`` is released, since it provably was never sent,
+  and the member is eligible again (``reconcile_dead_attempts``; the send's notes count them).
+  ``reconcile_stale`` remains for rows of tokens no attempt ever registered (before 0010).
 
 Retry policy for finished rows:
 
@@ -80,9 +84,13 @@ from remarketing.delivery.ledger.keys import (
 from remarketing.delivery.ledger.protocol import (
     ClaimContext,
     ResultRecorder,
+    begin_attempt,
     claim,
+    finish_attempt,
+    heartbeat,
     mark_outcome,
     mark_sending,
+    reconcile_dead_attempts,
     reconcile_stale,
     record_results,
     recover_try,
@@ -90,19 +98,27 @@ from remarketing.delivery.ledger.protocol import (
     transactional,
 )
 from remarketing.delivery.ledger.tables import (
+    DEFAULT_LEASE,
     DEFAULT_STALE_AGE,
     IN_FLIGHT,
     KEY_CHUNK,
     MAY_BE_SENT,
     STATUSES,
     ledger_metadata,
+    send_attempts,
     send_ledger,
     send_runs,
 )
 
 __all__ = [
-    "CLAIM_COLUMNS", "DEFAULT_STALE_AGE", "IN_FLIGHT", "KEY_CHUNK", "KEY_COLUMNS", "MAY_BE_SENT", "STATUSES",
-    "ClaimContext", "LedgerError", "ResultRecorder", "already_sent", "claim", "claimed_count", "customer_history",
+    "CLAIM_COLUMNS",
+    "DEFAULT_LEASE", "DEFAULT_STALE_AGE", "IN_FLIGHT", "KEY_CHUNK", "KEY_COLUMNS", "MAY_BE_SENT", "STATUSES",
+    "ClaimContext", "LedgerError", "ResultRecorder",
+    "begin_attempt",
+    "finish_attempt",
+    "heartbeat",
+    "reconcile_dead_attempts",
+    "send_attempts", "already_sent", "claim", "claimed_count", "customer_history",
     "customer_ref", "guest_ref", "key_position", "key_subject", "ledger_key", "ledger_keys", "ledger_metadata",
     "lookup", "mark_outcome", "mark_sending", "normalise_email", "reconcile_stale", "record_results",
     "record_send_run", "recover_try", "release_claims", "run_batch_id", "send_ledger", "send_runs", "transactional",

@@ -4,33 +4,51 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
 from remarketing.delivery.ledger.keys import LedgerError, text_or_none
-from remarketing.delivery.ledger.tables import DEFAULT_STALE_AGE, KEY_CHUNK, send_ledger
+from remarketing.delivery.ledger.tables import (
+    DEFAULT_LEASE,
+    DEFAULT_STALE_AGE,
+    IN_FLIGHT,
+    KEY_CHUNK,
+    send_attempts,
+    send_ledger,
+)
 from remarketing.delivery.messages import SendResult
 from remarketing.platform.clock import now_or_clock
 from remarketing.platform.state import chunks, dialect_insert
 
 
+def _new_attempt() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass(frozen=True)
 class ClaimContext:
-    """Who is claiming: one try of one market task of one run of one flow."""
+    """Who is claiming: one process attempt of one try of one market task of one run of one flow.
+
+    The token is unique to the process attempt (``attempt``, random), not only to the try: two
+    processes running the same try (a zombie worker after a lost heartbeat, ``airflow tasks test``
+    beside the scheduled one) hold different tokens, and the later one fences the earlier out.
+    """
 
     run_id: str
     market: str
     try_number: int
     flow: str
+    attempt: str = field(default_factory=_new_attempt)
 
     @property
     def token(self) -> str:
-        return f"{self.run_id}|{self.market}|try{self.try_number}"
+        return f"{self.run_id}|{self.market}|try{self.try_number}|{self.attempt}"
 
 
 def _insert_ignoring_duplicates(engine: sa.Engine):
@@ -63,6 +81,73 @@ def _is_retryable(result: SendResult) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Protocol
+
+
+def _wall(wall_now: datetime | None) -> datetime:
+    """Leases are about real processes: the wall clock, whatever instant a run rehearses."""
+    return (wall_now or datetime.now(UTC)).astimezone(UTC)
+
+
+def begin_attempt(engine: sa.Engine, ctx: ClaimContext, *, wall_now: datetime | None = None) -> None:
+    """Register this process attempt (its token) as alive."""
+    now = _wall(wall_now)
+    row = {"claim_token": ctx.token, "run_id": ctx.run_id, "market": ctx.market, "flow": ctx.flow}
+    row.update(try_number=ctx.try_number, started_at=now, heartbeat_at=now, finished_at=None)
+    transactional(engine, lambda conn: conn.execute(sa.insert(send_attempts), [row]))
+
+
+def heartbeat(engine: sa.Engine, ctx: ClaimContext, *, wall_now: datetime | None = None, conn=None) -> None:
+    """This attempt is alive: moves its lease on (inside ``conn``'s transaction when given)."""
+    statement = (
+        sa.update(send_attempts).where(send_attempts.c.claim_token == ctx.token).values(heartbeat_at=_wall(wall_now))
+    )
+    if conn is not None:
+        conn.execute(statement)
+    else:
+        transactional(engine, lambda c: c.execute(statement))
+
+
+def finish_attempt(engine: sa.Engine, ctx: ClaimContext, *, wall_now: datetime | None = None) -> None:
+    """This attempt is done: whatever it still holds in flight is for the next run to reconcile."""
+    now = _wall(wall_now)
+    statement = (
+        sa.update(send_attempts)
+        .where(send_attempts.c.claim_token == ctx.token)
+        .values(heartbeat_at=now, finished_at=now)
+    )
+    transactional(engine, lambda conn: conn.execute(statement))
+
+
+def reconcile_dead_attempts(
+    engine: sa.Engine, *, lease: timedelta = DEFAULT_LEASE, wall_now: datetime | None = None
+) -> dict[str, int]:
+    """Before a run plans: rows in flight under attempts that are finished or dead (no heartbeat within ``lease``).
+
+    ``claimed`` rows never reached SendGrid: released (deleted), so the member is eligible again;
+    ``sending`` rows may have: ``unknown``, never resent. Rows of attempts still alive are left
+    alone (overlapping runs). Returns ``{"unknown": n, "released": m}``.
+    """
+    cutoff = _wall(wall_now) - lease
+    a, t = send_attempts.c, send_ledger.c
+    gone = sa.select(a.claim_token).where(sa.or_(a.finished_at.is_not(None), a.heartbeat_at < cutoff))
+
+    def work(conn):
+        unknown = conn.execute(
+            sa.update(send_ledger)
+            .where(t.status == "sending", t.claim_token.in_(gone))
+            .values(status="unknown", finished_at=_wall(wall_now), error="attempt died after dispatch; outcome unknown")
+        ).rowcount
+        released = conn.execute(sa.delete(send_ledger).where(t.status == "claimed", t.claim_token.in_(gone))).rowcount
+        conn.execute(
+            sa.delete(send_attempts).where(
+                a.claim_token.in_(gone),
+                ~sa.exists().where(t.claim_token == a.claim_token, t.status.in_(IN_FLIGHT)),
+                a.heartbeat_at < cutoff,
+            )
+        )
+        return {"unknown": unknown, "released": released}
+
+    return transactional(engine, work)
 
 
 def recover_try(engine: sa.Engine, ctx: ClaimContext, *, now: datetime | None = None) -> dict[str, int]:
@@ -163,6 +248,7 @@ def claim(engine: sa.Engine, ctx: ClaimContext, rows: pd.DataFrame, *, now: date
 def _claim_chunk(conn: sa.Connection, ctx: ClaimContext, records: list[dict], insert, now: datetime) -> set[str]:
     t = send_ledger.c
     keys = [r["ledger_key"] for r in records]
+    heartbeat(conn.engine, ctx, conn=conn)
     conn.execute(insert, records)
     # Take over our own run+market's rows that an earlier try claimed but never dispatched.
     conn.execute(
@@ -221,6 +307,7 @@ def mark_sending(
         values["batch_id"] = batch_id
 
     def work(conn):
+        heartbeat(engine, ctx, conn=conn)
         moved = 0
         for chunk in chunks(keys, KEY_CHUNK):
             moved += conn.execute(

@@ -57,3 +57,18 @@ send_runs = sa.Table(
     sa.Column("dry_run", sa.Boolean, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
+# One row per process attempt of a market send (its claim token): started, alive (heartbeat), finished.
+# An attempt whose heartbeat is older than the lease is dead; the next run reconciles its rows.
+send_attempts = sa.Table(
+    "send_attempts",
+    ledger_metadata,
+    sa.Column("claim_token", sa.String(300), primary_key=True),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("market", sa.String(8), nullable=False),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("try_number", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+DEFAULT_LEASE = timedelta(minutes=10)  # no heartbeat for this long: the attempt is dead
