@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from remarketing.content.text import one_line
+
 MAX_RECIPIENTS_PER_REQUEST = 1000  # SendGrid: personalizations per mail/send request
 MAX_SEND_AT_AHEAD_HOURS = 72  # SendGrid: send_at at most 72 hours ahead
 
@@ -28,6 +30,9 @@ class Recipient:
     substitutions: Mapping[str, str] = field(default_factory=dict)  # token -> value, for shared content
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. List-Unsubscribe with this recipient's URL
     custom_args: Mapping[str, str] = field(default_factory=dict)  # besides ledger_key; never personal data
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", one_line(self.name) or None)  # header text: never a line break
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,10 @@ class Message:
     marketing: bool = True  # marketing mail carries List-Unsubscribe-Post: List-Unsubscribe=One-Click
     headers: Mapping[str, str] = field(default_factory=dict)
     custom_args: Mapping[str, str] = field(default_factory=dict)  # shared by all recipients: flow, market, run
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subject", one_line(self.subject))  # header text: never a line break
+        object.__setattr__(self, "from_name", one_line(self.from_name))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ exactly as the SendGrid transport does, so the demo fails where production would
 
 from __future__ import annotations
 
+import email.errors
 import hashlib
 import html
 import json
@@ -174,9 +175,19 @@ class OutboxTransport:
         return SendResult(tuple(r.ledger_key for r in message.recipients), "accepted", None, None, 1)
 
     def send(self, messages: Iterable[Message]) -> Iterator[SendResult]:
-        """Write each Message (validated first, like SendGrid would) and yield one ``accepted`` result each."""
+        """Write each Message (validated first, like SendGrid would) and yield one result each.
+
+        A message that cannot be built (an address the mail format cannot carry, say) is
+        ``rejected`` with status 400, as SendGrid would refuse it, alone: the rest go on.
+        """
         for message in messages:
-            yield self.send_one(message)
+            now = self.clock()
+            validate_message(message, now)  # a malformed Message is a bug: ValueError, nothing written
+            try:
+                yield self._write_message(message, now)
+            except (ValueError, TypeError, UnicodeError, email.errors.MessageError) as exc:
+                keys = tuple(r.ledger_key for r in message.recipients)
+                yield SendResult(keys, "rejected", 400, f"the message cannot be built ({type(exc).__name__})", 1)
 
     def create_batch_id(self) -> str:
         return uuid.uuid4().hex

@@ -225,3 +225,34 @@ def test_object_storage_paths(tmp_path):
     us = [p.name for p in (folder / "US").iterdir()]
     assert sorted(us) == sorted(f"{safe_name(person(3).ledger_key)}.{ext}" for ext in ("eml", "html", "json"))
     assert not any(p.name.endswith(".eml") for p in (folder / "DE").iterdir())
+
+
+@pytest.mark.parametrize("breaker", ["\r\n", "\n", "\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x00"])
+def test_line_breaks_and_controls_in_names_and_subjects_never_reach_a_header(outbox, tmp_path, breaker):
+    """A first name or subject with CRLF, NEL, VT, FF or U+2028 must not abort the market or inject a header."""
+    recipient = Recipient(
+        email="customer1@example.com",
+        ledger_key="cart_recovery/1/c1/cart1/v1",
+        name=f"Anna{breaker}Bcc: x@evil.test",
+        headers={"List-Unsubscribe": "<https://shop.example/unsubscribe/1>"},
+    )
+    message = mail([recipient], subject=f"Hallo{breaker}Bcc: x@evil.test")
+    (result,) = list(outbox.send([message]))
+    assert result.outcome == "accepted"
+    (eml,) = (tmp_path / "outbox" / "DE").glob("*.eml")
+    parsed = read_eml(eml)
+    assert parsed["Bcc"] is None and breaker not in str(parsed["Subject"]) and breaker not in str(parsed["To"])
+    assert str(parsed["Subject"]) == "Hallo Bcc: x@evil.test"
+
+
+def test_a_message_that_cannot_be_built_is_rejected_alone_and_the_rest_goes_out(outbox, tmp_path):
+    broken = Recipient(
+        email="jörg@exämple.de",
+        ledger_key="cart_recovery/1/c9/cart9/v1",
+        name="Jörg",
+        headers={"List-Unsubscribe": "<https://shop.example/unsubscribe/9>"},
+    )
+    results = list(outbox.send([mail([person(1)]), mail([broken]), mail([person(2)])]))
+    assert [r.outcome for r in results] == ["accepted", "rejected", "accepted"]
+    assert results[1].status == 400 and not results[1].error.count("@"), "the reason names no address"
+    assert len(list((tmp_path / "outbox" / "DE").glob("*.eml"))) == 2
