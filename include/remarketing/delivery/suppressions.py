@@ -9,8 +9,10 @@ mirrored in the ``suppressions`` table and checked per audience before anything 
   ``unsubscribes``) are stored with ``group_id`` 0 and block every market.
 * Unsubscribe-group suppressions (``group_unsubscribes``) block only the market whose
   ``sendgrid_unsubscribe_group_id`` they name.
-* Local suppressions (our own one-click endpoint, support requests) are written with
-  ``add_local_suppression`` and honoured by the next check, even within a running send.
+* Local suppressions (our own one-click endpoint, support requests, the event webhook) are
+  written with ``add_local_suppression`` or, many at once, ``add_local_suppressions`` (bulk
+  upserts of 1,000 rows a statement, in one transaction or in the caller's) and honoured by the
+  next check, even within a running send.
 
 Addresses are stored normalised (trimmed, lower-case), as SendGrid compares them. The sync is
 incremental per kind from a stored high-water mark (``suppression_sync``), re-reading a small
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import sqlalchemy as sa
@@ -35,13 +37,14 @@ GLOBAL_KINDS = ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscr
 GROUP_KIND = "group_unsubscribes"
 LOCAL_KINDS = ("unsubscribes", GROUP_KIND, "complaint", "manual")
 DEFAULT_OVERLAP = timedelta(hours=1)
+MAX_EMAIL_LENGTH = 320
 _CHUNK = 900
 
 suppression_metadata = sa.MetaData()
 suppressions = sa.Table(
     "suppressions",
     suppression_metadata,
-    sa.Column("email", sa.String(320), primary_key=True),
+    sa.Column("email", sa.String(MAX_EMAIL_LENGTH), primary_key=True),
     sa.Column("kind", sa.String(32), primary_key=True),
     sa.Column("group_id", sa.Integer, primary_key=True, default=0),
     sa.Column("created", sa.DateTime(timezone=True)),
@@ -61,6 +64,15 @@ suppression_sync = sa.Table(
 
 class SuppressionError(ValueError):
     """A suppression entry that cannot be stored (no address, bad timestamp)."""
+
+
+class LocalSuppression(NamedTuple):
+    """One suppression we learnt ourselves; see ``add_local_suppression`` for the kinds."""
+
+    email: str
+    kind: str = "unsubscribes"
+    group_id: int | None = None
+    reason: str | None = None
 
 
 def _epoch(value: Any, kind: str, position: int) -> datetime | None:
@@ -90,12 +102,36 @@ def _entry(row: dict, kind: str, position: int, now: datetime, group_id: int = 0
     }
 
 
-def _store(conn: sa.Connection, engine: sa.Engine, rows: list[dict]) -> None:
+_KEYS = ["email", "kind", "group_id"]
+
+
+def _unnest_upsert():
+    """PostgreSQL: INSERT ... SELECT FROM unnest(one array per column) ON CONFLICT DO UPDATE.
+
+    SQLAlchemy runs an executemany of INSERT ... ON CONFLICT DO UPDATE row by row on psycopg2
+    (one round trip per address); this is one round trip per chunk, and one cached statement.
+    """
+    from sqlalchemy.dialects import postgresql
+
+    names = [c.name for c in suppressions.columns]
+    arrays = [sa.cast(sa.bindparam(c.name), postgresql.ARRAY(c.type)) for c in suppressions.columns]
+    rows = sa.func.unnest(*arrays).table_valued(*names).render_derived()
+    stmt = postgresql.insert(suppressions).from_select(names, sa.select(*(rows.c[n] for n in names)))
+    return stmt.on_conflict_do_update(index_elements=_KEYS, set_={n: stmt.excluded[n] for n in names if n not in _KEYS})
+
+
+def _store(conn: sa.Connection, engine: sa.Engine | sa.Connection, rows: list[dict]) -> None:
     # One row per (email, kind, group_id) in a statement: PostgreSQL refuses to update a row twice.
     unique = list({(r["email"], r["kind"], r["group_id"]): r for r in rows}.values())
-    stmt = upsert_statement(engine, suppressions, ["email", "kind", "group_id"])
+    if conn.dialect.name == "postgresql":
+        stmt = _unnest_upsert()
+        for start in range(0, len(unique), 1000):
+            chunk = unique[start : start + 1000]
+            conn.execute(stmt, {c.name: [r[c.name] for r in chunk] for c in suppressions.columns})
+        return
+    stmt = upsert_statement(engine, suppressions, _KEYS)
     for start in range(0, len(unique), 1000):
-        conn.execute(stmt, unique[start : start + 1000])
+        conn.execute(stmt, unique[start : start + 1000])  # SQLite: executemany, a loop in C
 
 
 def sync_suppressions(
@@ -171,16 +207,22 @@ def add_local_suppression(
     """Record a suppression we learnt ourselves (one-click unsubscribe...); honoured at the next check.
 
     ``kind`` ``unsubscribes`` blocks every market; ``group_unsubscribes`` with ``group_id`` only
-    the market using that SendGrid unsubscribe group.
+    the market using that SendGrid unsubscribe group. Many at once: ``add_local_suppressions``.
     """
+    add_local_suppressions(engine, [LocalSuppression(email, kind, group_id, reason)], now=now)
+
+
+def _local_row(entry: LocalSuppression, now: datetime) -> dict:
+    email, kind, group_id, reason = entry
     if kind not in LOCAL_KINDS:
         raise SuppressionError(f"local suppression kind {kind!r} is not one of {', '.join(LOCAL_KINDS)}")
     if not isinstance(email, str) or "@" not in email:
         raise SuppressionError("a local suppression needs an email address")
+    if len(normalise_email(email)) > MAX_EMAIL_LENGTH:
+        raise SuppressionError(f"a local suppression's address is longer than {MAX_EMAIL_LENGTH} characters")
     if kind == GROUP_KIND and not group_id:
         raise SuppressionError("a group unsubscribe needs the group_id")
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    row = {
+    return {
         "email": normalise_email(email),
         "kind": kind,
         "group_id": int(group_id or 0) if kind == GROUP_KIND else 0,
@@ -189,9 +231,25 @@ def add_local_suppression(
         "source": "local",
         "recorded_at": now,
     }
-    transactional(
-        engine, lambda conn: conn.execute(upsert_statement(engine, suppressions, ["email", "kind", "group_id"]), [row])
-    )
+
+
+def add_local_suppressions(
+    target: sa.Engine | sa.Connection, entries: Iterable[LocalSuppression], *, now: datetime | None = None
+) -> int:
+    """Record many local suppressions as bulk upserts; returns how many entries were given.
+
+    Every entry is checked before anything is written (SuppressionError names no address). With
+    an Engine the upserts run in one transaction of their own; with a Connection, in the caller's
+    (the webhook stores a batch and its suppressions together, or neither).
+    """
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    rows = [_local_row(LocalSuppression(*entry), now) for entry in entries]
+    if rows:
+        if isinstance(target, sa.Connection):
+            _store(target, target, rows)
+        else:
+            transactional(target, lambda conn: _store(conn, target, rows))
+    return len(rows)
 
 
 def suppression_reasons(engine: sa.Engine, emails: pd.Series, group_id: int | None) -> pd.Series:

@@ -379,14 +379,100 @@ def test_suppression_sync_pages_through_every_list_from_its_high_water_mark(engi
         assert "new2@example.com" in set(table(engine, suppressions)["email"])
 
 
-def test_bad_events_name_the_batch_and_position(engine):
+def stored_rejects(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT batch_id, position, sg_event_id, event, reason FROM email_event_rejects")
+        ).all()
+    return sorted(tuple(r) for r in rows)
+
+
+def test_a_stored_event_the_rules_refuse_is_quarantined_naming_the_batch_and_position(engine):
+    """A batch stored before the rules (or edited since) is checked again by the fold, with the same rules."""
     store_batch(engine, event_json(synthetic("open", 1, NOW)), now=NOW)
     with engine.begin() as conn:
         conn.execute(sa.update(email_event_batches).values(body='[{"event": "open"}]'))
-    with pytest.raises(FeedbackError, match=r"stored batch 1: event #0"):
-        fold_pending(engine, now=NOW)
+    summary = fold_pending(engine, now=NOW)
+    assert summary.batches == 1 and summary.rejected == 1 and summary.new_events == 0
+    assert stored_rejects(engine) == [(1, 0, None, "open", "field 'sg_event_id' is missing or not a string")]
+    assert "rejected (quarantined): 1" in summary.log_table()
     with pytest.raises(ValueError, match="timezone-aware"):
         fold_pending(engine, now=datetime(2026, 1, 1))
+
+
+def legacy_batch(engine, body: str, at: datetime = NOW) -> None:
+    """A batch stored by an older webhook, which checked less: straight into the table."""
+    import hashlib
+
+    row = {"digest": hashlib.sha256(body.encode()).hexdigest(), "received_at": at, "events": 0, "body": body}
+    with engine.begin() as conn:
+        conn.execute(sa.insert(email_event_batches).values(**row))
+
+
+def test_bad_events_are_quarantined_and_never_block_other_events_or_later_batches(engine):
+    good = synthetic("delivered", 2, NOW)
+    unsubscribed = synthetic("unsubscribe", 1, NOW)
+    bad = [
+        {**synthetic("open", 1, NOW)[0], "timestamp": float("nan")},
+        {**synthetic("open", 1, NOW)[0], "timestamp": 1e300},
+        {**synthetic("open", 1, NOW)[0], "timestamp": 10**30},
+        {**synthetic("open", 1, NOW)[0], "timestamp": float("inf")},
+        {**synthetic("click", 1, NOW)[0], "timestamp": 4102444800 * 10},  # year 3269: beyond pandas' range
+        {k: v for k, v in synthetic("unsubscribe", 1, NOW)[0].items() if k != "email"},
+        {**synthetic("spamreport", 1, NOW)[0], "email": "not an address"},
+        {k: v for k, v in synthetic("open", 1, NOW)[0].items() if k != "sg_event_id"},
+        "not an event",
+    ]
+    body = event_json(good + bad + unsubscribed)
+    stored = store_batch(engine, body, now=NOW)
+    assert stored.new and stored.events == 12 and stored.rejected == 9 and stored.suppressed == 1
+    webhook_verdicts = stored_rejects(engine)
+    assert [r[1] for r in webhook_verdicts] == list(range(2, 11))
+    assert not any("other" in str(r) or "@" in str(r) for r in webhook_verdicts), "no address in a stored reason"
+
+    # The same body stored by an older webhook: the fold quarantines exactly what the webhook would.
+    legacy_batch(engine, body.decode().replace("syn-", "old-"))
+    store_batch(engine, event_json(synthetic("open", 2, NOW)), now=NOW)  # a later, good batch
+    summary = fold_pending(engine, now=NOW)
+    assert summary.batches == 3 and summary.rejected == 18
+    assert summary.new_events == 2 + 1 + 2 + 1 + 2, "good events of all three batches are folded"
+    legacy = [r for r in stored_rejects(engine) if r[0] == 2]
+    assert [(p, reason) for _, p, _, _, reason in legacy] == [(p, reason) for _, p, _, _, reason in webhook_verdicts]
+    assert pending_batches(engine) == 0
+    assert suppression_reasons(engine, pd.Series([unsubscribed[0]["email"]]), None).tolist() == ["unsubscribes"]
+    # Folding again quarantines nothing twice.
+    with engine.begin() as conn:
+        conn.execute(sa.update(email_event_batches).values(folded_at=None))
+    assert fold_pending(engine, now=NOW).rejected == 18
+    assert len(stored_rejects(engine)) == 18
+
+
+def test_a_stored_body_that_is_not_a_batch_is_quarantined_whole_and_the_fold_goes_on(engine):
+    legacy_batch(engine, "{not json")
+    store_batch(engine, event_json(synthetic("open", 1, NOW)), now=NOW)
+    summary = fold_pending(engine, now=NOW)
+    assert summary.batches == 2 and summary.new_events == 1 and summary.rejected == 1
+    assert stored_rejects(engine) == [(1, -1, None, None, "body is not JSON (line 1)")]
+    assert pending_batches(engine) == 0
+
+
+def test_a_batch_of_unsubscribes_is_suppressed_in_one_transaction_of_bulk_upserts(engine):
+    n = 2_500
+    batch = synthetic("unsubscribe", n, NOW)
+    statements, commits = [], []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def count_upserts(conn, cursor, statement, *args):
+        if "INTO suppressions" in statement:
+            statements.append(statement)
+
+    sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+    stored = store_batch(engine, event_json(batch), now=NOW)
+    assert stored.suppressed == n
+    assert len(statements) <= 3, f"{len(statements)} statements for {n} addresses: not a bulk upsert"
+    assert len(commits) == 1, "the batch and its suppressions are stored in one transaction"
+    emails = pd.Series([e["email"] for e in batch])
+    assert (suppression_reasons(engine, emails, None) == "unsubscribes").all()
 
 
 @pytest.mark.postgres
@@ -413,5 +499,47 @@ def test_the_loop_on_postgresql(sendgrid):
             with engine.connect() as conn:
                 source = conn.execute(sa.select(market_health.c.source)).scalar_one()
             assert source == "event_webhook"
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.postgres
+def test_quarantine_and_bulk_suppressions_on_postgresql():
+    """What SQLite lets pass and PostgreSQL refuses: NUL, lone surrogates, over-long text, int overflow, one row twice."""
+    from databases import migrated_postgres_database
+
+    with migrated_postgres_database("rmk_feedback_odd") as url:
+        engine = state.create_state_engine(url)
+        try:
+            unsubscribes = synthetic("unsubscribe", 3000, NOW)
+            twice = [{**unsubscribes[0], "sg_event_id": "again", "email": unsubscribes[0]["email"].upper()}]
+            odd = [
+                {**synthetic("open", 1, NOW)[0], "sg_event_id": "nul\x00id"},
+                {**synthetic("open", 1, NOW)[0], "sg_event_id": "\ud800"},
+                {**synthetic("unsubscribe", 1, NOW)[0], "email": "a" * 400 + "@example.com"},
+                {**synthetic("unsubscribe", 1, NOW)[0], "email": "nul\x00@example.com"},
+            ]
+            kept = [
+                {**synthetic("group_unsubscribe", 1, NOW)[0], "email": "big-group@example.com", "asm_group_id": 10**20},
+                {
+                    **synthetic("bounce", 1, NOW, type="bounce")[0],
+                    "email": "bounced@example.com",
+                    "reason": "550 \x00 \udfff <bounced@example.com>",
+                },
+                {**synthetic("open", 1, NOW)[0], "flow": "f" * 300, "ledger_key": "k\x00" + "x" * 400},
+            ]
+            body = event_json(unsubscribes + twice + odd + kept)
+            stored = store_batch(engine, body, now=NOW)
+            assert stored.rejected == 4 and stored.suppressed == 3000 + 1 + 2
+            assert not store_batch(engine, body, now=NOW).new
+            summary = fold_pending(engine, now=NOW)
+            assert summary.rejected == 4 and summary.new_events == 3001 + 3
+            reasons = suppression_reasons(engine, pd.Series(["big-group@example.com", unsubscribes[0]["email"]]), 7)
+            assert reasons.tolist() == ["unsubscribes", "unsubscribes"], "a group id out of range blocks everywhere"
+            with engine.connect() as conn:
+                stored_reason = conn.execute(
+                    sa.select(email_events.c.reason).where(email_events.c.event == "bounce")
+                ).scalar_one()
+            assert "\x00" not in stored_reason and "@" not in stored_reason
         finally:
             engine.dispose()

@@ -2,6 +2,8 @@
 
 Every step is idempotent and batches are marked folded last, so a fold cut off half-way is simply
 done again. See ``store`` for the two-step design (the webhook stores, the fold interprets).
+Each stored event is checked again with ``store.check_event``: what it refuses is quarantined
+(``email_event_rejects``) and counted, and the fold goes on with the other events and batches.
 """
 
 from __future__ import annotations
@@ -25,15 +27,20 @@ from remarketing.delivery.engagement import (
 from remarketing.delivery.gate import METRICS, market_health
 from remarketing.flows.feedback.store import (
     CHUNK,
-    FeedbackError,
+    Checked,
     apply_suppressions,
+    check_events,
+    clean_text,
     custom_arg,
     email_event_batches,
     event_market,
+    group_id_of,
     occurred_at,
+    quarantine,
     scrub_reason,
+    unreadable_batch,
 )
-from remarketing.flows.feedback.webhook import EVENT_TYPES, parse_events
+from remarketing.flows.feedback.webhook import EVENT_TYPES, InvalidPayload, parse_batch
 from remarketing.platform.clock import now_or_clock
 from remarketing.platform.state import chunks, dialect_insert, upsert_statement
 
@@ -49,6 +56,7 @@ class FoldSummary:
     events: int = 0  # events in the folded batches
     new_events: int = 0  # not seen before (by sg_event_id)
     duplicates: int = 0
+    rejected: int = 0  # events (or unreadable bodies) quarantined by ``check_event``
     by_type: dict[str, int] = field(default_factory=dict)  # new events per type
     unknown_types: dict[str, int] = field(default_factory=dict)  # stored, not counted anywhere
     without_ledger_key: int = 0  # not our mail, or sent without a key
@@ -65,7 +73,7 @@ class FoldSummary:
     def log_table(self) -> str:
         lines = [
             f"batches folded: {self.batches}; events {self.events}: new {self.new_events}, "
-            f"duplicates {self.duplicates}",
+            f"duplicates {self.duplicates}, rejected (quarantined): {self.rejected}",
             "  new events by type: " + (", ".join(f"{k} {v}" for k, v in sorted(self.by_type.items())) or "none"),
             f"  unknown event types (stored only): {self.unknown_types or 'none'}",
             f"  without ledger key: {self.without_ledger_key}; ledger key unknown to the ledger: {self.unmatched_keys}",
@@ -90,25 +98,25 @@ def _ledger_rows(engine: sa.Engine, keys: list[str]) -> dict[str, Any]:
 
 
 def _event_rows(batch_id: int, events: list[dict], known: dict[str, Any], now: datetime) -> list[dict]:
+    """``email_events`` rows of checked events (``store.check_event``), text cut to its columns."""
     rows = []
     for position, event in enumerate(events):
         key = custom_arg(event, "ledger_key")
         sent = known.get(key) if key else None
-        group = event.get("asm_group_id")
         reason = event.get("reason") or event.get("response")
         rows.append(
             {
                 "sg_event_id": event["sg_event_id"],
-                "event": str(event["event"])[:32],
+                "event": clean_text(event["event"], 32),
                 "occurred_at": occurred_at(event, position),
                 "ledger_key": key[:250] if key else None,
                 "customer_ref": sent.customer_ref if sent is not None else None,
                 "customer_id": sent.customer_id if sent is not None else None,
                 "market": sent.market if sent is not None else event_market(event),
-                "flow": sent.flow if sent is not None else (custom_arg(event, "flow") or None),
-                "bounce_type": str(event.get("type"))[:16] if event.get("event") == "bounce" else None,
+                "flow": sent.flow if sent is not None else clean_text(custom_arg(event, "flow"), 64),
+                "bounce_type": clean_text(event.get("type"), 16) if event.get("event") == "bounce" else None,
                 "reason": scrub_reason(reason),
-                "asm_group_id": group if isinstance(group, int) and not isinstance(group, bool) else None,
+                "asm_group_id": group_id_of(event),
                 "batch_id": batch_id,
                 "recorded_at": now,
             }
@@ -116,11 +124,13 @@ def _event_rows(batch_id: int, events: list[dict], known: dict[str, Any], now: d
     return rows
 
 
-def _parse_stored(batch) -> list[dict]:
+def _check_stored(batch, now: datetime) -> Checked:
+    """A stored batch's events split by the webhook's rule; an unreadable body is quarantined whole."""
     try:
-        return parse_events(batch.body.encode("utf-8"))
-    except ValueError as exc:
-        raise FeedbackError(f"stored batch {batch.id}: {exc}") from None
+        items = parse_batch(batch.body)
+    except InvalidPayload as exc:
+        return Checked([], [unreadable_batch(batch.id, str(exc), now)])
+    return check_events(items, batch_id=batch.id, now=now)
 
 
 def fold_pending(
@@ -154,19 +164,19 @@ def fold_pending(
         sent: dict[str, Any] = {}  # ledger rows of the batches' keys, for the outcomes' run and flow
         new_rows: list[dict] = []
         for batch in batches:
-            events = _parse_stored(batch)
-            summary.events += len(events)
+            checked = _check_stored(batch, now)
+            events = checked.events
+            summary.events += len(events) + sum(r["position"] >= 0 for r in checked.rejects)
+            summary.rejected += len(checked.rejects)
             keys = [k for k in (custom_arg(e, "ledger_key") for e in events) if k]
             known = _ledger_rows(engine, keys)
             sent.update(known)
             rows = _event_rows(batch.id, events, known, now)
             rows = list({r["sg_event_id"]: r for r in rows}.values())  # a batch repeating an event
-            fresh = _insert_new_events(engine, rows)
+            fresh, suppressed = _insert_new_events(engine, rows, events, checked.rejects, now)
             summary.new_events += len(fresh)
             summary.duplicates += len(events) - len(fresh)
-            summary.suppressed += apply_suppressions(
-                engine, [e for e in events if e["sg_event_id"] in {r["sg_event_id"] for r in fresh}], now=now
-            )
+            summary.suppressed += suppressed
             for row in fresh:
                 name = row["event"]
                 (by_type if name in EVENT_TYPES else unknown)[name] += 1
@@ -201,11 +211,15 @@ def fold_pending(
     return summary
 
 
-def _insert_new_events(engine: sa.Engine, rows: list[dict]) -> list[dict]:
-    """Insert the events not stored yet; returns those (the others were delivered before)."""
+def _insert_new_events(
+    engine: sa.Engine, rows: list[dict], events: list[dict], rejects: list[dict], now: datetime
+) -> tuple[list[dict], int]:
+    """Insert the events not stored yet, their suppressions and the batch's quarantine rows, in one
+    transaction; returns the new rows (the others were delivered before) and the suppressions."""
     t = email_events.c
 
     def work(conn):
+        quarantine(conn, rejects)
         fresh = []
         for chunk in chunks(rows, CHUNK):
             ids = [r["sg_event_id"] for r in chunk]
@@ -219,7 +233,8 @@ def _insert_new_events(engine: sa.Engine, rows: list[dict]) -> list[dict]:
                     todo,
                 )
             fresh.extend(todo)
-        return fresh
+        new_ids = {r["sg_event_id"] for r in fresh}
+        return fresh, apply_suppressions(conn, [e for e in events if e["sg_event_id"] in new_ids], now=now)
 
     return ledger.transactional(engine, work)
 
