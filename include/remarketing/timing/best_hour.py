@@ -74,7 +74,7 @@ def personal_best_hour(
     ``MARKET_DEFAULT_PSEUDO_EVENTS`` events (a thin market leans on the default), normalized.
     Posterior = own histogram + ``prior_strength`` x prior (Dirichlet pseudo-counts); the best hour
     is its mode (ties to the earlier hour). Events of unknown kind or customer are ignored; an
-    invalid ``time_zone`` reads event hours in UTC. Three clicks at 14:00 beat a prior of 10 pseudo-events;
+    invalid ``time_zone`` (a missing one too: None, NaN, NA) reads event hours in UTC. Three clicks at 14:00 beat a prior of 10 pseudo-events;
     one stray open at 03:00 does not. No events: the market prior's mode.
 
     Returns one row per customer, in ``customers`` order: ``customer_id, best_hour,
@@ -95,13 +95,15 @@ def personal_best_hour(
     occurred = pd.to_datetime(ev["occurred_at"], utc=True)
     keep = ~np.isnan(weight) & ~np.isnan(pos) & occurred.notna().to_numpy()
     pos, weight, occurred = pos[keep].astype(np.int64), weight[keep], occurred[keep]
-    zones = cust["time_zone"].to_numpy(dtype=object)[pos]
+    # An invalid zone (NaN, NA and None included) reads in UTC; NaN and NA never compare equal, so
+    # they are mapped before grouping by zone.
+    zone_of = np.array([z if is_valid_zone(z) else "UTC" for z in cust["time_zone"].to_numpy(dtype=object)], object)
+    zones = zone_of[pos]
 
     hour = np.empty(len(pos), dtype=np.int64)
     for zone in pd.unique(zones):
         sel = zones == zone
-        local = occurred[sel].dt.tz_convert(zone if is_valid_zone(zone) else "UTC")
-        hour[sel] = local.dt.hour.to_numpy()
+        hour[sel] = occurred[sel].dt.tz_convert(zone).dt.hour.to_numpy()
 
     hist = np.bincount(pos * 24 + hour, weights=weight, minlength=n * 24).reshape(n, 24)
     counts = np.bincount(pos, minlength=n)

@@ -292,6 +292,8 @@ def compute_send_at(
     ``holiday_categories`` maps a market code to the ``holidays`` categories blocked for it,
     overriding the market's configured ``holidays.categories`` (default ``("public",)``).
     The result is never before ``now`` or ``earliest_at`` and never after ``now + horizon``.
+    ``earliest_at`` may lie outside the nanosecond range (1677-2262): a far-past one (year 1) is
+    due now, a far-future one (a 9999-12-31 "never" placeholder) is ``beyond_send_at_horizon``.
     """
     cfg = markets_or_default(markets)
     if now.tzinfo is None:
@@ -302,8 +304,7 @@ def compute_send_at(
     n = len(out)
     check_markets(out["market"], cfg)
 
-    earliest = pd.to_datetime(out["earliest_at"], utc=True).to_numpy(dtype="datetime64[ns]").view("int64")
-    missing = earliest == np.iinfo(np.int64).min
+    earliest, missing = _earliest_ns(out["earliest_at"], now_ns, limit_ns)
     candidate = np.maximum(earliest, now_ns)
     invalid_zone, active, group_id, pairs = _group_rows(out, missing)
     base_ns, stride, starts_all, ends_all, gid_all, choice_all = _slot_table(
@@ -332,6 +333,27 @@ def compute_send_at(
     out["send_at"] = pd.Series(send_at.view("datetime64[ns]"), index=out.index).dt.tz_localize("UTC")
     out["window_reason"] = pd.Series(reason, index=out.index, dtype=object)
     return out
+
+
+def _earliest_ns(values: pd.Series, now_ns: int, limit_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """``earliest_at`` as UTC nanoseconds, and which rows have none.
+
+    Nanoseconds hold 1677-2262 only, and a cast silently wraps anything outside. Instants at or
+    before ``now`` all mean "due now" and those after ``now + horizon`` all mean "not in this
+    run", so each is clamped before the cast: a far-past one (year 1) to ``now``, a far-future
+    one (a 9999-12-31 "never" placeholder) just past the horizon.
+    """
+    parsed = pd.to_datetime(values, utc=True)
+    now = pd.Timestamp(now_ns, unit="ns", tz="UTC")
+    limit = pd.Timestamp(limit_ns, unit="ns", tz="UTC")
+    missing = parsed.isna().to_numpy(dtype=bool)
+    past = (parsed < now).to_numpy(dtype=bool)  # NaT compares False
+    beyond = (parsed > limit).to_numpy(dtype=bool)
+    inside = parsed.where(~(past | beyond))  # within [now, limit]: representable in ns
+    earliest = inside.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view("int64").copy()
+    earliest[past] = now_ns
+    earliest[beyond] = limit_ns + 1
+    return earliest, missing
 
 
 def _group_rows(out: pd.DataFrame, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple]]:

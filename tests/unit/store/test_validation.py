@@ -320,7 +320,7 @@ def test_runs_and_quarantined_rows_are_recorded_and_replaced_on_revalidation(sta
     assert customer["column_name"] == "email" and customer["reason"] == "email is not a valid address"
     original = json.loads(customer["row_json"])
     assert original["email"] == "a@@b" and original["first_name"] == "Zoë\x00"  # NUL survives as \\u0000
-    assert rows[1]["reason"] == "customer_id: parent customer quarantined"
+    assert rows[1]["reason"] == "discount_amount is not a number; customer_id: parent customer quarantined"
     assert json.loads(rows[1]["row_json"])["discount_amount"] == "nan"  # strict JSON: NaN as text
 
 
@@ -398,3 +398,97 @@ def test_out_of_scope_is_not_bad_it_is_kept_counted_apart_and_never_breaks_the_f
     report = Path(result.report_path).read_text()
     assert "out of scope (kept in the clean data" in report and "country NL is served by no market" in report
     assert result.to_xcom()["tables"]["customers"]["out_of_scope"] == len(outside) + 1
+
+
+# --------------------------------------------------------------------------- lower bound of timestamps, URLs
+
+
+def test_policy_has_a_lower_bound_for_timestamps():
+    assert ValidationPolicy().min_timestamp == datetime(2000, 1, 1, tzinfo=UTC)
+    policy = ValidationPolicy(per_table={"orders": {"min_timestamp": datetime(1990, 1, 1, tzinfo=UTC)}})
+    assert policy.for_table("orders").min_timestamp == datetime(1990, 1, 1, tzinfo=UTC)
+    assert policy.for_table("customers").min_timestamp == datetime(2000, 1, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="min_timestamp must be timezone-aware"):
+        ValidationPolicy(min_timestamp=datetime(2000, 1, 1))
+    with pytest.raises(ValueError, match="min_timestamp must be timezone-aware"):
+        ValidationPolicy(per_table={"orders": {"min_timestamp": datetime(2000, 1, 1)}})
+
+
+def test_timestamps_before_the_lower_bound_name_their_column():
+    """Each timestamp column gets its own reason; null stays null, the bound itself is valid, the future wins."""
+    from remarketing.store.validation.column_checks import timestamp_checks
+
+    store = Store()
+    base = store.rows("orders")[0]
+    keys = [
+        store.add("orders", base, placed_at=datetime(1970, 1, 1, tzinfo=UTC)),
+        store.add("orders", base, updated_at=datetime(1, 1, 1, tzinfo=UTC)),
+        store.add("orders", base, placed_at=datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        store.add("orders", base, placed_at=datetime(2000, 1, 1, tzinfo=UTC)),
+    ]
+    prepared = prepare(store.tables["orders"], "orders")
+    order_ids = prepared.frame["order_id"].tolist()
+    at = [order_ids.index(k) for k in keys]
+
+    def statuses(**kwargs):
+        checks = timestamp_checks(prepared, "orders", now=NOW, future_skew=timedelta(minutes=10), **kwargs)
+        return [(checks["__check__timestamp_placed_at"][i], checks["__check__timestamp_updated_at"][i]) for i in at]
+
+    assert statuses() == [
+        ("placed_at is before 2000-01-01", "ok"),
+        ("ok", "updated_at is before 2000-01-01"),
+        ("placed_at is before 2000-01-01", "ok"),
+        ("ok", "ok"),
+    ]
+    lower = statuses(min_timestamp=datetime(1960, 6, 1, 12, tzinfo=UTC))
+    assert lower == [("ok", "ok"), ("ok", "updated_at is before 1960-06-01 12:00 UTC"), ("ok", "ok"), ("ok", "ok")]
+
+
+def test_product_urls_must_be_https():
+    from remarketing.store.validation.column_checks import format_checks
+
+    urls = [
+        "https://cdn.shop.example.com/img/a.jpg",
+        " https://shop.example.com/p/a ",  # the renderer strips it too
+        "HTTPS://shop.example.com/p/a",
+        None,
+        "",  # blank: read as no URL, as the renderer does
+        "http://shop.example.com/p/a",
+        "javascript:alert(1)",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "//shop.example.com/p/a",
+        "https://",
+        "https:///p/a",
+        "https://shop.example.com/p/a b",
+        "https://shop.example.com/p/\x01a",
+        "ftp://shop.example.com/a.jpg",
+        "/p/a",
+    ]
+    frame = pd.DataFrame({"image_url": urls, "product_url": list(reversed(urls)), "names": None, "currency": "EUR"})
+    for name in CANONICAL_TABLES["products"].columns:
+        if name not in frame:
+            frame[name] = None
+    checks = format_checks(frame, "products", text_max_length=20_000)
+    expected = ["ok"] * 5 + ["image_url is not an https URL"] * 10
+    assert checks["__check__image_url"].tolist() == expected
+    assert checks["__check__product_url"].tolist() == [
+        r.replace("image_url", "product_url") for r in reversed(expected)
+    ]
+
+
+def test_policy_min_timestamp_reaches_the_checks(tmp_path):
+    """The bound is the policy's, per table too: 1995 passes where the bound is 1990, not under the default."""
+    store = Store()
+    base = store.rows("orders")[0]
+    old = store.add("orders", base, placed_at=datetime(1995, 6, 1, tzinfo=UTC))
+    older = store.add("orders", base, placed_at=datetime(1985, 6, 1, tzinfo=UTC))
+    store.add("customers", registered_at=datetime(1995, 6, 1, tzinfo=UTC))
+    policy = ValidationPolicy(
+        max_bad_share=1.0, per_table={"orders": {"min_timestamp": datetime(1990, 1, 1, tzinfo=UTC)}}
+    )
+    result = _validate(store, tmp_path, tables=("customers", "orders"), policy=policy)
+    orders = pq.read_table(result.tables["orders"].quarantine_path).to_pylist()
+    assert [(r["order_id"], r["reason"]) for r in orders] == [(older, "placed_at is before 1990-01-01")]
+    assert old not in [r["order_id"] for r in orders]
+    (customer,) = pq.read_table(result.tables["customers"].quarantine_path).to_pylist()
+    assert customer["reason"] == "registered_at is before 2000-01-01"

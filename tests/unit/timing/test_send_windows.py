@@ -384,6 +384,45 @@ def test_earliest_beyond_horizon_waits():
     assert pd.isna(result) and reason == REASON_BEYOND_HORIZON
 
 
+def test_never_placeholder_beyond_the_nanosecond_range_waits():
+    # 9999-12-31 ("never") cannot be held in nanoseconds; it must not wrap around to a past instant
+    # (which would mean "send now"): it is beyond the horizon, like any earliest_at after now + 72 h.
+    now = utc(2026, 6, 9, 10, 15, 30)
+    for never in (datetime(9999, 12, 31, tzinfo=UTC), pd.Timestamp("2262-04-12", tz="UTC").as_unit("s")):
+        result, reason = schedule(SHIPPED, "Europe/Berlin", never, now=now, market="DE")
+        assert pd.isna(result) and reason == REASON_BEYOND_HORIZON, never
+
+
+def test_earliest_before_the_nanosecond_range_is_due_now():
+    # Year 1 or 1600 (before 1677, the start of the nanosecond range) is long past: due now. Tue 10:15:30Z
+    # is inside the DE window (12:15:30 CEST), so now itself.
+    now = utc(2026, 6, 9, 10, 15, 30)
+    for past in (datetime(1, 1, 1, tzinfo=UTC), pd.Timestamp("1600-01-01", tz="UTC").as_unit("s")):
+        assert send_at(SHIPPED, "Europe/Berlin", past, now=now, market="DE") == now, past
+
+
+def test_out_of_range_earliest_mixed_with_ordinary_rows():
+    now = utc(2026, 6, 9, 4)  # 06:00 CEST, quiet: the first DE slot is 09:00 CEST = 07:00Z
+    frame = pd.DataFrame(
+        {
+            "market": ["DE", "DE", "DE", "DE"],
+            "time_zone": ["Europe/Berlin"] * 4,
+            "earliest_at": [
+                datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+                datetime(1, 1, 1, tzinfo=UTC),
+                datetime(2026, 6, 9, 4, tzinfo=UTC),
+                None,
+            ],
+        },
+        index=[7, 5, 3, 1],
+    )
+    out = compute_send_at(frame, now.to_pydatetime(), markets=SHIPPED)
+    assert list(out.index) == [7, 5, 3, 1]
+    assert out["window_reason"].tolist() == [REASON_BEYOND_HORIZON, None, None, REASON_MISSING_EARLIEST]
+    assert pd.isna(out["send_at"].iloc[0]) and pd.isna(out["send_at"].iloc[3])
+    assert out["send_at"].iloc[1] == out["send_at"].iloc[2] == utc(2026, 6, 9, 7)
+
+
 def test_reasons_order_and_index_are_preserved():
     now = utc(2026, 6, 9, 4)
     frame = pd.DataFrame(
@@ -535,6 +574,25 @@ def test_best_hour_local_conversion_per_zone_and_unknown_events_ignored():
     out = personal_best_hour(_events(rows), customers, SHIPPED)
     assert out["best_hour"].tolist() == [14, 12]
     assert out["best_hour_events"].tolist() == [3, 3]
+
+
+def test_best_hour_reads_nan_and_na_zones_in_utc():
+    # A missing zone (NaN from a float column, pd.NA, None) is an invalid zone: event hours read in UTC,
+    # as for "Not/AZone". Three clicks at 14:xxZ -> hour 14 for each of them.
+    customers = pd.DataFrame(
+        {
+            "customer_id": [1, 2, 3, 4, 5],
+            "market": ["DE"] * 5,
+            "time_zone": pd.Series([np.nan, pd.NA, None, "Not/AZone", "Asia/Tokyo"], dtype=object),
+        }
+    )
+    rows = [(c, utc(2026, 5, d, 14, 10), "click") for c in range(1, 6) for d in (1, 2, 3)]
+    out = personal_best_hour(_events(rows), customers, SHIPPED)
+    # Customer 5 reads them in Tokyo: 14:10Z = 23:10 JST.
+    assert out["best_hour"].tolist() == [14, 14, 14, 14, 23]
+    assert out["best_hour_events"].tolist() == [3, 3, 3, 3, 3]
+    float_zones = customers.assign(time_zone=np.nan)  # a whole column of NaN is float64
+    assert personal_best_hour(_events(rows), float_zones, SHIPPED)["best_hour"].tolist() == [14] * 5
 
 
 def test_best_hour_feeds_send_at():

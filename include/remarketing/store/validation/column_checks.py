@@ -1,10 +1,10 @@
 """Column checks: what a row's own values must be, as derived ``__check__*`` columns.
 
-Each check yields a status per row, ``ok`` or a reason: timestamps parseable, aware and not in
-the future; text within the store schema's lengths; known country and currency codes; valid
-emails (normalised as email-validator does); IANA time zones (invalid ones nulled, with a note);
-product names a JSON object of locale to text (HTML in them noted, kept); NUL bytes removed
-(noted). The code lists (IANA zones, ISO 4217 currencies, ISO 3166 countries) come from zoneinfo
+Each check yields a status per row, ``ok`` or a reason: timestamps parseable, aware, not in the
+future and not before the lower bound; money a number (not NaN); text within the store schema's
+lengths; product image and page URLs https; known country and currency codes; valid emails
+(normalised as email-validator does); IANA time zones (invalid ones nulled, with a note); product
+names a JSON object of locale to text (HTML in them noted, kept); NUL bytes removed (noted). The code lists (IANA zones, ISO 4217 currencies, ISO 3166 countries) come from zoneinfo
 and Babel, loaded once per process.
 """
 
@@ -23,11 +23,12 @@ import sqlalchemy as sa
 
 from remarketing.store.schema import CANONICAL_TABLES, metadata
 from remarketing.store.validation.conform import Prepared
-from remarketing.store.validation.rules import CURRENCY_TABLES, EMAILS, OK
+from remarketing.store.validation.rules import CURRENCY_TABLES, EMAILS, MIN_TIMESTAMP, MONEY, OK, URLS
 
 NOT_COUNTRIES = frozenset({"EU", "EZ", "UN", "ZZ", "QO"})  # CLDR groupings, not ISO 3166 countries
 
 _MARKUP_RE = re.compile(r"<\s*/?\s*[a-z!?]|javascript\s*:", re.IGNORECASE)
+_URL_BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- reference data
@@ -67,13 +68,22 @@ def max_lengths(table: str, text_max_length: int) -> dict[str, int]:
 # --------------------------------------------------------------------------- the checks, in derived order
 
 
-def timestamp_checks(prepared: Prepared, table: str, *, now: datetime, future_skew: timedelta) -> dict[str, Any]:
-    """One status column per timestamp: unparseable or naive (found by conformance), or in the future."""
+def timestamp_checks(
+    prepared: Prepared,
+    table: str,
+    *,
+    now: datetime,
+    future_skew: timedelta,
+    min_timestamp: datetime = MIN_TIMESTAMP,
+) -> dict[str, Any]:
+    """One status column per timestamp: unparseable or naive (found by conformance), in the future,
+    or before ``min_timestamp`` (a placeholder such as 1970-01-01 or year 1, not an event)."""
     frame = prepared.frame
     assert frame is not None
     size = len(frame)
     derived: dict[str, Any] = {}
     limit = pd.Timestamp(now) + future_skew
+    lowest = pd.Timestamp(min_timestamp).tz_convert("UTC")
     for name, kind in CANONICAL_TABLES[table].columns.items():
         if kind != "timestamp":
             continue
@@ -81,16 +91,31 @@ def timestamp_checks(prepared: Prepared, table: str, *, now: datetime, future_sk
         status = all_ok(size) if status is None else np.where(pd.isna(status), OK, status).astype(object)
         future = (frame[name] > limit).fillna(False).to_numpy(dtype=bool) & (status == OK)
         status[future] = f"{name} is more than {_duration(future_skew)} in the future"
+        early = (frame[name] < lowest).fillna(False).to_numpy(dtype=bool) & (status == OK)
+        status[early] = f"{name} is before {_instant(lowest)}"
         derived[f"__check__timestamp_{name}"] = status
     return derived
 
 
+def number_checks(prepared: Prepared, table: str) -> dict[str, Any]:
+    """Money columns: a float NaN is no amount, and not a missing one either (pandas would read it as null)."""
+    assert prepared.frame is not None
+    derived: dict[str, Any] = {}
+    for name in MONEY.get(table, ()):
+        status = all_ok(len(prepared.frame))
+        status[prepared.nan_rows.get(name, np.empty(0, dtype=np.int64))] = f"{name} is not a number"
+        derived[f"__check__number_{name}"] = status
+    return derived
+
+
 def format_checks(frame: pd.DataFrame, table: str, *, text_max_length: int) -> dict[str, Any]:
-    """Text within the store schema's lengths; country and currency codes that exist."""
+    """Text within the store schema's lengths; country and currency codes that exist; https URLs."""
     derived: dict[str, Any] = {}
     derived["__check__length"] = _lengths(frame, max_lengths(table, text_max_length))
     if table in CURRENCY_TABLES:
         derived["__check__currency"] = _coded(frame["currency"], iso_currencies(), "currency is not an ISO 4217 code")
+    for name in URLS.get(table, ()):
+        derived[f"__check__{name}"] = _https_urls(frame[name], f"{name} is not an https URL")
     return derived
 
 
@@ -218,6 +243,35 @@ def _coded(values: pd.Series, known: frozenset[str], reason: str) -> np.ndarray:
     status = all_ok(len(values))
     status[(values.notna() & ~values.isin(known)).to_numpy(dtype=bool)] = reason
     return status
+
+
+def is_https_url(value: str) -> bool:
+    """An absolute https URL with a host, as a mail may link to: no whitespace or control characters
+    inside (surrounding whitespace is ignored, as the renderer strips it)."""
+    from urllib.parse import urlsplit
+
+    text = value.strip()
+    if not text or _URL_BAD_CHARS.search(text):
+        return False
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:  # a malformed port or IPv6 literal
+        return False
+    return parts.scheme.lower() == "https" and bool(host)
+
+
+def _https_urls(values: pd.Series, reason: str) -> np.ndarray:
+    """A URL column must hold an https URL when present; blank text counts as no URL (the renderer's reading)."""
+    status = all_ok(len(values))
+    for i, text in enumerate(values.to_numpy(dtype=object, na_value=None)):
+        if text is not None and text.strip() and not is_https_url(text):
+            status[i] = reason
+    return status
+
+
+def _instant(at: pd.Timestamp) -> str:
+    return f"{at:%Y-%m-%d}" if at == at.normalize() else f"{at:%Y-%m-%d %H:%M} UTC"
 
 
 def _duration(delta: timedelta) -> str:

@@ -3,7 +3,8 @@
 Types are conformed losslessly or not at all: a column whose type cannot carry its canonical
 kind (text in a number column, say) is a table-level failure, decided by the caller. Timestamps
 become aware UTC (a naive one is never guessed to be UTC) and NUL bytes are stripped from text,
-the columns they were in noted per row.
+the columns they were in noted per row. Float NaN reads as null in pandas, so the rows holding
+NaN (not null) are recorded per column.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Prepared:
     normalised: dict[str, int] = field(default_factory=dict)  # column -> values changed by normalisation
     timestamp_status: dict[str, np.ndarray] = field(default_factory=dict)  # column -> reason per row or None
     nul_columns: np.ndarray | None = None  # per row: columns that had NUL bytes, or None
+    nan_rows: dict[str, np.ndarray] = field(default_factory=dict)  # float column -> rows holding NaN (not null)
 
 
 def _chunked(array: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
@@ -144,6 +146,10 @@ def prepare(raw: pa.Table, table: str) -> Prepared:
                 integral = pc.and_(pc.is_finite(values), pc.equal(pc.floor(values), values))
                 prepared.type_error_rows[name] = np.flatnonzero(~integral.to_numpy(zero_copy_only=False))
             continue
+        if kind == "float":  # NaN and null both become NaN in pandas: say which were NaN
+            nan = pc.fill_null(pc.is_nan(conformed), False).to_numpy(zero_copy_only=False)
+            if nan.any():
+                prepared.nan_rows[name] = np.flatnonzero(nan)
         if kind == "str":
             conformed, had_nul = _strip_nul(conformed)
             if had_nul.any():

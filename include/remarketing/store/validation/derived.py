@@ -18,6 +18,7 @@ from remarketing.store.validation.column_checks import (
     format_checks,
     name_checks,
     nul_notes,
+    number_checks,
     timestamp_checks,
 )
 from remarketing.store.validation.conform import Prepared
@@ -27,6 +28,7 @@ from remarketing.store.validation.references import (
     currency_checks,
     reference_checks,
 )
+from remarketing.store.validation.rules import MIN_TIMESTAMP
 from remarketing.store.validation.scope import scope_checks
 
 
@@ -37,6 +39,7 @@ def derive(
     markets,
     now: datetime,
     future_skew: timedelta,
+    min_timestamp: datetime = MIN_TIMESTAMP,
     text_max_length: int,
     parents: Mapping[str, ParentRows],
     fx,
@@ -44,7 +47,10 @@ def derive(
     """Add the derived check columns and normalise emails / time zones; returns (frame, normalised counts)."""
     frame = prepared.frame
     assert frame is not None
-    derived: dict[str, Any] = timestamp_checks(prepared, table, now=now, future_skew=future_skew)
+    derived: dict[str, Any] = timestamp_checks(
+        prepared, table, now=now, future_skew=future_skew, min_timestamp=min_timestamp
+    )
+    derived.update(number_checks(prepared, table))
     derived.update(format_checks(frame, table, text_max_length=text_max_length))
     contacts, normalised = contact_checks(frame, table)
     derived.update(contacts)

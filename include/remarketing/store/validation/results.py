@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +26,8 @@ class ValidationPolicy:
 
     - max_bad_share: a table with more than this share of rows quarantined is a broken feed.
     - future_skew: a timestamp later than ``now`` by more than this is quarantined (clock skew).
+    - min_timestamp: a timestamp before this (aware) is quarantined: 1970-01-01 or year 1 are
+      placeholders of an export, not events of a shop.
     - expect_rows: tables whose empty extract breaks the feed (a shop always has these).
     - max_amount: upper bound of money columns, in the row's currency (10M covers JPY totals).
     - max_quantity: upper bound of line quantities (lower bound is 1).
@@ -34,13 +36,14 @@ class ValidationPolicy:
 
     max_bad_share: float = 0.05
     future_skew: timedelta = timedelta(minutes=10)
+    min_timestamp: datetime = rules.MIN_TIMESTAMP
     expect_rows: frozenset[str] = frozenset({"customers", "products"})
     max_amount: float = 10_000_000.0
     max_quantity: int = 1_000
     text_max_length: int = 20_000
     per_table: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    _TABLE_FIELDS = ("max_bad_share", "future_skew", "max_amount", "max_quantity", "text_max_length")
+    _TABLE_FIELDS = ("max_bad_share", "future_skew", "min_timestamp", "max_amount", "max_quantity", "text_max_length")
 
     def __post_init__(self):
         unknown = sorted(set(self.expect_rows) - set(CANONICAL_TABLES))
@@ -54,6 +57,8 @@ class ValidationPolicy:
             bad = sorted(set(overrides) - set(self._TABLE_FIELDS))
             if bad:
                 raise ValueError(f"ValidationPolicy.per_table[{table!r}]: cannot override {bad}")
+            _check_min_timestamp(overrides.get("min_timestamp", self.min_timestamp), f"per_table[{table!r}].")
+        _check_min_timestamp(self.min_timestamp, "")
 
     def for_table(self, table: str) -> ValidationPolicy:
         """This policy with ``table``'s overrides applied."""
@@ -61,6 +66,11 @@ class ValidationPolicy:
 
     def __hash__(self) -> int:  # per_table is a mapping; hash what identifies the policy
         return hash(tuple(getattr(self, f.name) for f in fields(self) if f.name != "per_table"))
+
+
+def _check_min_timestamp(value: object, where: str) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"ValidationPolicy.{where}min_timestamp must be timezone-aware, got {value!r}")
 
 
 class FeedBroken(ValueError):

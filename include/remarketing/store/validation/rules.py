@@ -10,7 +10,9 @@ contain personal data (no emails or names; only column names, codes and keys).
 A check either quarantines its failing rows or only notes them (the value is kept or nulled and
 the note is reported): an invalid customer ``time_zone`` is nulled (send windows fall back to
 region, country or market zone), HTML in product names is kept (templates autoescape) and NUL
-bytes are stripped from text.
+bytes are stripped from text. Among the quarantining ones: timestamps before the policy's
+``min_timestamp`` (placeholders such as 1970-01-01 or year 1) and product URLs that are not
+https (``javascript:``, ``data:``, plain http), which a mail would otherwise link to.
 
 The steps live beside this module: conform (types, UTC timestamps, NUL-free text), then
 column_checks (a row's own values) and references (its market, cart, order and parents), whose
@@ -24,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from remarketing.store.extract import ISSUES_COLUMN
@@ -75,10 +78,15 @@ AMOUNTS = {
     "order_items": ("unit_price", "discount_amount"),
 }
 SIGNED_AMOUNTS = {"orders": ("total_amount",)}  # negative on a credit note
+MONEY = {t: AMOUNTS.get(t, ()) + SIGNED_AMOUNTS.get(t, ()) for t in (*AMOUNTS, *SIGNED_AMOUNTS)}
 QUANTITIES = {"cart_items": ("quantity",), "order_items": ("quantity",)}
 SIGNED_QUANTITIES = ("order_items",)  # negative on a credit note
 EMAILS = {"customers": "email", "carts": "email"}  # carts: the guest checkout address
 MARKET_TABLES = ("customers", "carts", "orders")
+# Links a mail shows: https only (null allowed). javascript:, data: or plain http never reach a template.
+URLS = {"products": ("image_url", "product_url")}
+# Timestamps before this are placeholders (1970-01-01, 0001-01-01), not events of a shop.
+MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 CURRENCY_TABLES = ("products", "carts", "cart_items", "orders")
 
 
@@ -175,6 +183,8 @@ def row_checks(
         checks.append(_derived("currency:cart", "__check__currency_cart", "currency"))
     if table == "carts" and "orders" in parents:
         checks.append(_derived("currency:order", "__check__currency_order", "currency"))
+    for name in MONEY.get(table, ()):
+        checks.append(_derived(f"number:{name}", f"__check__number_{name}", name))
     for name in AMOUNTS.get(table, ()):
         checks.append(_between(name, 0, max_amount))
     for name in SIGNED_AMOUNTS.get(table, ()):
@@ -189,6 +199,8 @@ def row_checks(
     if table == "products":
         checks.append(_derived("names", "__check__names", "names"))
         checks.append(_derived("names:markup", "__check__names_markup", "names", action=NOTE))
+    for name in URLS.get(table, ()):
+        checks.append(_derived(f"url:{name}", f"__check__{name}", name))
     for ref in REFERENCES.get(table, ()):
         if ref.parent in parents:
             checks.append(_derived(f"reference:{ref.column}", f"__ref__{ref.column}", ref.column))

@@ -267,6 +267,7 @@ def _check_rows(
         markets=markets,
         now=now,
         future_skew=table_policy.future_skew,
+        min_timestamp=table_policy.min_timestamp,
         text_max_length=table_policy.text_max_length,
         parents=parents,
         fx=fx,
